@@ -1,0 +1,92 @@
+"""TPU compilation on this CPU machine through libtpu's topology descriptions."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from unimodal_jax import aot
+from tests.helpers import tiny_config
+
+pytest.importorskip("libtpu", reason="AOT TPU compilation needs the libtpu wheel")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("v5p-256", ("v5p", "v5p:4x4x8", 128)),
+    ("v5p-8", ("v5p", "v5p:1x2x2", 4)),
+    ("v4-128", ("v4", "v4:4x4x4", 64)),
+    ("v5e-256", ("v5e", "v5e:16x16", 256)),
+    ("v5e-8", ("v5e", "v5e:2x4", 8)),
+    ("v6e-64", ("v6e", "v6e:8x8", 64)),
+    ("v5e:2x2", ("v5e", "v5e:2x2", 4)),
+])
+def test_parse_topology(name, expected):
+  assert aot.parse_topology(name) == expected
+
+
+def test_bad_topology_names():
+  with pytest.raises(ValueError, match="unknown topology 'tpu-9'"):
+    aot.parse_topology("tpu-9")
+  with pytest.raises(ValueError, match="not a power of two"):
+    aot.parse_topology("v5e-12")
+  with pytest.raises(ValueError, match="2 cores per chip"):
+    aot.parse_topology("v5p-3")
+
+
+def test_tiny_forward_backward_compiles_for_v5e_2x2():
+  # Dimensions in multiples of TPU tiles (8 x 128), so padding does not blur the byte counts.
+  config = tiny_config(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_heads=8,
+                       num_kv_heads=8, head_dim=128, num_layers=2)
+  replicated = aot.compile_for_topology(config, {"data": -1}, "v5e:2x2", 8, 64)
+  fsdp = aot.compile_for_topology(config, {"fsdp": -1}, "v5e:2x2", 8, 64)
+  param_bytes = config.num_params() * 4
+  for result in (replicated, fsdp):
+    assert result["num_chips"] == 4 and result["fits"]
+    assert result["hbm_capacity_bytes"] == 16 * 1024**3
+    assert 0 < result["per_chip_hbm_bytes"] < result["hbm_capacity_bytes"]
+  # Replicated: every chip holds all params and all grads; FSDP: a quarter of each.
+  assert replicated["argument_bytes"] >= param_bytes
+  assert fsdp["argument_bytes"] < 0.3 * replicated["argument_bytes"]
+  assert fsdp["output_bytes"] < 0.3 * replicated["output_bytes"]
+  # The analytic FLOP count (used for MFU) agrees with the TPU compiler's (layers unrolled).
+  ratio = replicated["compiler_flops_per_step"] / replicated["flops_per_step"]
+  assert 0.9 < ratio < 1.3, ratio
+
+
+def test_aot_tool_prints_json_last(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),
+       "--config=" + os.path.join(REPO, "experiments", "tiny", "lm.py"), "--topology=v5e:2x2",
+       "--config.mesh.data=1", "--config.mesh.fsdp=-1"],
+      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  for key in ("topology", "num_chips", "per_chip_hbm_bytes", "hbm_capacity_bytes", "fits",
+              "flops_per_step"):
+    assert key in result
+  assert result["topology"] == "v5e:2x2" and result["num_chips"] == 4 and result["fits"]
+
+
+def test_aot_tool_rejects_a_mesh_bigger_than_the_pod():
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),
+       "--config=" + os.path.join(REPO, "experiments", "tiny", "lm.py"), "--topology=v5e:2x2",
+       "--config.mesh.data=8"],
+      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode != 0
+  assert "needs 8 devices, but there are 4" in proc.stderr
+
+
+@pytest.mark.slow
+def test_vicuna7b_fits_v5p_256():
+  config_module = os.path.join(REPO, "experiments", "illume", "vicuna7b.py")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"), "--config=" + config_module,
+       "--topology=v5p-256"], capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["num_chips"] == 128 and result["fits"]
+  assert 6.8e9 < result["num_params"] < 7.0e9

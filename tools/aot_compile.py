@@ -1,0 +1,55 @@
+"""AOT-compile a config's forward+backward for a TPU topology on this CPU machine.
+
+    python tools/aot_compile.py --config=experiments/illume/vicuna7b.py --topology=v5p-256
+    python tools/aot_compile.py --config=experiments/tiny/lm.py --topology=v5e:2x2
+        --config.global_batch=16 --config.mesh.fsdp=2 --config.mesh.data=-1   (one line)
+
+Needs the `libtpu` wheel (in requirements.txt), no TPU. Topologies: slice names v5p-N, v4-N (N
+counts TensorCores, 2 per chip), v5e-N, v6e-N (N chips), or explicit shapes like v5e:2x2.
+The mesh (data x fsdp x tensor, one may be -1) comes from the config's `mesh` field.
+Prints a summary, then, last, one JSON line: topology, num_chips, per_chip_hbm_bytes (arguments
++ temporaries + outputs - aliased, from the compiler's memory analysis), hbm_capacity_bytes, fits,
+flops_per_step (analytic forward+backward FLOPs, as MFU uses), compiler_flops_per_step (XLA's
+count over all chips; undercounts scanned layers), byte breakdown, compile time.
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU; run nothing locally
+# libtpu otherwise logs an error looking for TPU worker hosts that do not exist here.
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+# Compiling needs no exclusive hold on libtpu: let several compilations run side by side.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", "v5p-256", "TPU topology: v5p-256, v5e-16, v5e:2x2, ...")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config=experiments/illume/vicuna7b.py")
+  from unimodal_jax import aot
+  from unimodal_jax.models.decoder_config import DecoderConfig
+
+  cfg = _CONFIG.value
+  model_config = DecoderConfig.from_dict(cfg.model.to_dict())
+  print(f"compiling forward+backward of {model_config.num_params() / 1e9:.2f}B params, batch "
+        f"{cfg.global_batch} x {cfg.seq_len} for {_TOPOLOGY.value} ...", file=sys.stderr, flush=True)
+  result = aot.compile_for_topology(model_config, cfg.mesh.to_dict(), _TOPOLOGY.value,
+                                    cfg.global_batch, cfg.seq_len)
+  gib = 1024**3
+  print(f"{result['topology']}: {result['num_chips']} chips, per chip "
+        f"{result['per_chip_hbm_bytes'] / gib:.2f} GiB of {result['hbm_capacity_bytes'] / gib:.0f} "
+        f"GiB -> {'fits' if result['fits'] else 'DOES NOT FIT'}; compiled in "
+        f"{result['compile_s']:.1f}s", file=sys.stderr)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

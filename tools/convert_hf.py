@@ -1,0 +1,64 @@
+"""Convert a Hugging Face LLaMA/Vicuna or Qwen2 checkpoint into an orbax checkpoint of ours.
+
+    python tools/convert_hf.py --hf_dir DIR --out_dir OUT [--dtype keep|float32|bfloat16]
+
+DIR holds config.json and model.safetensors (or model.safetensors.index.json with its shards).
+OUT becomes an orbax CheckpointManager directory (step 0: params + model config) that
+`unimodal_jax.load_pretrained(OUT)` reads. Tensors stream from memory maps of the safetensors
+files, so with --dtype keep (the default) RAM stays far below the model's size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--hf_dir", required=True, help="Hugging Face model directory (config.json + safetensors)")
+  p.add_argument("--out_dir", required=True, help="output checkpoint directory (must not hold a checkpoint yet)")
+  p.add_argument("--dtype", default="keep", choices=["keep", "float32", "bfloat16"],
+                 help="storage dtype of the params: 'keep' the file's (streams, no copy); a cast "
+                      "materializes the model in RAM. The model's param_dtype is set by "
+                      "--param_dtype and applied when loading.")
+  p.add_argument("--param_dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="param dtype recorded in the model config (what load_pretrained casts to)")
+  p.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype recorded in the model config (bfloat16 on accelerators)")
+  p.add_argument("--concurrent_gb", type=float, default=1.0,
+                 help="at most this many GB of tensors are being written at once (bounds RAM)")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  from unimodal_jax import checkpoints, hf_decoder
+
+  config_path = os.path.join(args.hf_dir, "config.json")
+  if not os.path.exists(config_path):
+    print(f"error: {config_path} not found", file=sys.stderr)
+    return 2
+  if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
+    print(f"error: --out_dir {args.out_dir} is not empty; choose a new directory", file=sys.stderr)
+    return 2
+  start = time.time()
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  config = hf_decoder.config_from_hf(hf_config, where=config_path, param_dtype=args.param_dtype,
+                                     dtype=args.compute_dtype)
+  reader = hf_decoder.SafetensorsDir(args.hf_dir)
+  dtype = None if args.dtype == "keep" else args.dtype
+  params = hf_decoder.params_from_hf(reader, config, dtype=dtype)
+  print(f"converting {config.family}: {config.num_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_params() / 1e6:.1f}M params -> {args.out_dir}", flush=True)
+  checkpoints.save_pretrained(args.out_dir, params, config, concurrent_gb=args.concurrent_gb)
+  print(f"done in {time.time() - start:.1f}s", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

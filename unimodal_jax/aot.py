@@ -1,0 +1,160 @@
+"""Compile for a TPU pod on a CPU machine: topology names, the forward+backward program, and the
+compiler's memory and cost figures.
+
+With the `libtpu` wheel installed, `jax.experimental.topologies.get_topology_desc` yields real
+TPU device descriptions; `jax.jit(...).lower(abstract args).compile()` then runs the TPU compiler
+here, so a config can be checked against a pod's HBM before anyone pays for the pod.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from unimodal_jax import sharding
+from unimodal_jax.models.decoder import Decoder
+from unimodal_jax.models.decoder_config import DecoderConfig
+
+GiB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipSpec:
+  hbm_bytes: int
+  bf16_flops: float  # peak, per chip
+  cores_per_chip_in_name: int  # v4/v5p names count TensorCores (2 per chip); v5e/v6e count chips
+  dims: int  # torus dimensions
+
+
+# Vendor figures (see DESIGN.md).
+CHIPS = {
+    "v4": ChipSpec(32 * GiB, 275e12, 2, 3),
+    "v5p": ChipSpec(95 * GiB, 459e12, 2, 3),
+    "v5e": ChipSpec(16 * GiB, 197e12, 1, 2),
+    "v6e": ChipSpec(32 * GiB, 918e12, 1, 2),
+}
+
+
+def topology_shape(generation: str, num_chips: int) -> tuple[int, ...]:
+  """The standard slice shape for a chip count: powers of two, as balanced as possible
+  (v5p-256 -> 4x4x8, v5e-256 -> 16x16)."""
+  if num_chips < 1 or num_chips & (num_chips - 1):
+    raise ValueError(f"{generation}: chip count {num_chips} is not a power of two")
+  spec = CHIPS[generation]
+  dims = [1] * spec.dims
+  while math.prod(dims) < num_chips:
+    smallest = min(dims)
+    i = max(j for j, d in enumerate(dims) if d == smallest)  # grow the last of the smallest
+    dims[i] *= 2
+  return tuple(sorted(dims))
+
+
+def parse_topology(name: str) -> tuple[str, str, int]:
+  """'v5p-256' (the cloud's slice name) or 'v5e:2x2' (explicit shape) ->
+  (generation, topology name for get_topology_desc, number of chips)."""
+  m = re.fullmatch(r"(v4|v5p|v5e|v6e)-(\d+)", name)
+  if m:
+    gen, count = m.group(1), int(m.group(2))
+    per_chip = CHIPS[gen].cores_per_chip_in_name
+    if count % per_chip:
+      raise ValueError(f"topology {name!r}: {gen} slice names count {per_chip} cores per chip")
+    shape = topology_shape(gen, count // per_chip)
+    return gen, f"{gen}:{'x'.join(map(str, shape))}", count // per_chip
+  m = re.fullmatch(r"(v4|v5p|v5e|v6e):(\d+(?:x\d+)+)", name)
+  if m:
+    gen, shape = m.group(1), tuple(int(x) for x in m.group(2).split("x"))
+    return gen, name, math.prod(shape)
+  raise ValueError(f"unknown topology {name!r}: use a slice name like v5p-256, v5e-16, v6e-64, "
+                   "or an explicit shape like v5e:2x2, v5p:4x4x8")
+
+
+def topology_devices(name: str):
+  """TPU device descriptions for a topology (needs the libtpu wheel; no TPU)."""
+  from jax.experimental import topologies
+  gen, topo, chips = parse_topology(name)
+  bounds = (1, 1, 1) if chips == 1 else (2, 2, 1)
+  try:
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topo,
+                                        chip_config_name="default",
+                                        chips_per_host_bounds=bounds, num_slices=1)
+  except Exception as e:  # libtpu missing, or an unknown shape
+    raise RuntimeError(f"cannot describe TPU topology {topo!r} ({name}); is the libtpu wheel "
+                       f"installed (see requirements.txt)? {e}") from e
+  return gen, desc.devices
+
+
+def next_token_loss(model: Decoder, params, tokens):
+  """Mean next-token cross entropy over tokens[:, 1:]."""
+  logits = model.apply({"params": params}, tokens[:, :-1])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+
+def compile_forward_backward(config: DecoderConfig, mesh, global_batch: int, seq_len: int):
+  """AOT-compile loss and grads for `mesh` (any devices, TPU descriptions included)."""
+  sharding.check_batch_divisible(global_batch, mesh, "global_batch")
+  model = Decoder(config)
+  boxed = sharding.abstract_params(model, config)
+  param_sh = sharding.param_shardings(boxed, mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), param_sh)
+  tokens = jax.ShapeDtypeStruct((global_batch, seq_len + 1), jnp.int32,
+                                sharding=sharding.batch_sharding(mesh))
+  step = jax.jit(jax.value_and_grad(lambda p, t: next_token_loss(model, p, t)),
+                 in_shardings=(param_sh, tokens.sharding),
+                 out_shardings=(NamedSharding(mesh, P()), param_sh))
+  with sharding.activation_sharding(mesh):
+    lowered = step.lower(abstract, tokens)
+  return lowered.compile()
+
+
+def report(compiled, *, topology: str, generation: str, num_chips: int, config: DecoderConfig,
+           global_batch: int, seq_len: int, compile_s: float) -> dict[str, Any]:
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  per_chip = (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+              - mem.alias_size_in_bytes)
+  capacity = CHIPS[generation].hbm_bytes
+  flops_per_chip = float(cost.get("flops", 0.0)) if cost else 0.0
+  result = {
+      "topology": topology,
+      "num_chips": num_chips,
+      "per_chip_hbm_bytes": int(per_chip),
+      "hbm_capacity_bytes": int(capacity),
+      "fits": bool(per_chip <= capacity),
+      # Analytic forward+backward FLOPs of the whole step (MaxText's accounting, as used for MFU).
+      "flops_per_step": config.flops_per_token(seq_len) * global_batch * seq_len,
+      # The compiler's count: per device for the SPMD program, times the chips.
+      "compiler_flops_per_step": flops_per_chip * num_chips,
+      "argument_bytes": int(mem.argument_size_in_bytes),
+      "temp_bytes": int(mem.temp_size_in_bytes),
+      "output_bytes": int(mem.output_size_in_bytes),
+      "alias_bytes": int(mem.alias_size_in_bytes),
+      "num_params": config.num_params(),
+      "global_batch": global_batch,
+      "seq_len": seq_len,
+      "compile_s": round(compile_s, 2),
+  }
+  if config.scan_layers:
+    result["compiler_flops_note"] = ("layers are scanned: XLA's cost analysis counts the loop "
+                                     "body once, so compiler_flops_per_step undercounts")
+  return result
+
+
+def compile_for_topology(config: DecoderConfig, mesh_config, topology: str, global_batch: int,
+                         seq_len: int) -> dict[str, Any]:
+  generation, devices = topology_devices(topology)
+  mesh = sharding.make_mesh(mesh_config, devices)
+  start = time.time()
+  compiled = compile_forward_backward(config, mesh, global_batch, seq_len)
+  return report(compiled, topology=topology, generation=generation, num_chips=len(devices),
+                config=config, global_batch=global_batch, seq_len=seq_len,
+                compile_s=time.time() - start)

@@ -1,0 +1,195 @@
+"""Model checkpoints on disk: an orbax CheckpointManager directory whose steps hold the items
+`params` and `model_config` (training adds its own items beside them).
+
+Converted Hugging Face weights are step 0 of such a directory, so `load_pretrained` reads a
+converted checkpoint and a training workdir alike. Params are stored in the unscanned layout
+(`layers_0`, `layers_1`, ...) or the scanned one (`layers` stacked on axis 0); loading converts
+to whatever layout the model config asks for.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from unimodal_jax.models.decoder import Decoder
+from unimodal_jax.models.decoder_config import DecoderConfig
+
+PARAMS = "params"
+MODEL_CONFIG = "model_config"
+_LAYER_KEY = re.compile(r"^layers_(\d+)$")
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def is_scanned(params: dict) -> bool:
+  return "layers" in params
+
+
+def stack_layers(params: dict, num_layers: int, stack=np.stack) -> dict:
+  """Unscanned -> scanned: layers_i subtrees stacked on a new leading axis."""
+  layers = [params[f"layers_{i}"] for i in range(num_layers)]
+  out = {k: v for k, v in params.items() if not _LAYER_KEY.match(k)}
+  out["layers"] = jax.tree.map(lambda *xs: stack(xs), *layers)
+  return out
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+  """Scanned -> unscanned."""
+  out = {k: v for k, v in params.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+  return out
+
+
+def to_layout(params: dict, config: DecoderConfig, stack=np.stack) -> dict:
+  """Params in the layout `config.scan_layers` asks for, whatever layout they came in."""
+  if config.scan_layers and not is_scanned(params):
+    return stack_layers(params, config.num_layers, stack)
+  if not config.scan_layers and is_scanned(params):
+    return unstack_layers(params, config.num_layers)
+  return params
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  """A CheckpointManager that knows how to read the model items."""
+  return ocp.CheckpointManager(
+      directory, item_handlers={PARAMS: ocp.StandardCheckpointHandler(),
+                                MODEL_CONFIG: ocp.JsonCheckpointHandler()},
+      options=ocp.CheckpointManagerOptions(**options) if options else None)
+
+
+class _BoundedNumpyHandler(ocp.type_handlers.NumpyHandler):
+  """Writes host (numpy / memory-mapped) arrays with at most `max_bytes` of them in flight.
+
+  Orbax's NumpyHandler deep-copies every array and then writes all of them at once, which holds
+  a full extra copy of the model; this subclass skips the copy (safe: `save_pretrained` waits for
+  the write) and admits writes under a byte budget, so a conversion streams tensor by tensor.
+  It overrides orbax's private `_open_and_write`, pinned by requirements.txt.
+  """
+
+  def __init__(self, max_bytes: int):
+    super().__init__(deepcopy_host_arrays=False)
+    self._max_bytes = max(1, int(max_bytes))
+    self._in_flight = 0
+    self._condition = None
+
+  async def _open_and_write(self, value, tspec, ts_context):
+    if self._condition is None:
+      self._condition = asyncio.Condition()
+    # Contiguous copy here, inside the budget, not up front for every tensor.
+    nbytes = min(value.nbytes, self._max_bytes)
+    async with self._condition:
+      await self._condition.wait_for(lambda: self._in_flight + nbytes <= self._max_bytes)
+      self._in_flight += nbytes
+    try:
+      return await super()._open_and_write(np.ascontiguousarray(value), tspec, ts_context)
+    finally:
+      async with self._condition:
+        self._in_flight -= nbytes
+        self._condition.notify_all()
+
+
+def _streaming_params_handler(concurrent_gb: float) -> ocp.PyTreeCheckpointHandler:
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (np.ndarray, _BoundedNumpyHandler(int(concurrent_gb * 1e9))),
+      *[(t, ocp.type_handlers.get_type_handler(t)) for t in (int, float, jax.Array)])
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def save_pretrained(directory: str, params: dict, config: DecoderConfig, step: int = 0,
+                    concurrent_gb: float = 1.0) -> None:
+  """Write params (+ model config) as `step` of an orbax CheckpointManager directory.
+
+  Host arrays (numpy, including memory maps) stream to disk about `concurrent_gb` at a time.
+  """
+  directory = os.path.abspath(directory)
+  host = all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
+  handlers = {MODEL_CONFIG: ocp.JsonCheckpointHandler(),
+              PARAMS: (_streaming_params_handler(concurrent_gb) if host
+                       else ocp.StandardCheckpointHandler())}
+  params_args = ocp.args.PyTreeSave(params) if host else ocp.args.StandardSave(params)
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
+    manager.save(step, args=ocp.args.Composite(
+        params=params_args, model_config=ocp.args.JsonSave(config.to_dict())))
+    manager.wait_until_finished()
+
+
+def latest_step(directory: str) -> int:
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{directory}: no such checkpoint directory")
+  with _manager(directory, create=False) as manager:
+    step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{directory}: no checkpoint steps found (expected an orbax "
+                            "CheckpointManager directory written by convert_hf.py or training)")
+  return step
+
+
+def load_model_config(directory: str, step: int | None = None) -> DecoderConfig:
+  directory = os.path.abspath(directory)
+  step = latest_step(directory) if step is None else step
+  path = os.path.join(directory, str(step), MODEL_CONFIG, "metadata")
+  if not os.path.exists(path):
+    with _manager(directory, create=False) as manager:
+      d = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))[
+          MODEL_CONFIG]
+  else:
+    with open(path) as f:
+      d = json.load(f)
+  return DecoderConfig.from_dict(d)
+
+
+def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
+                    config_overrides: dict[str, Any] | None = None):
+  """`model, params = load_pretrained(dir)`.
+
+  `dir` is a converted checkpoint or a training workdir (its latest step unless `step`).
+  `config_overrides` changes numerics/layout fields (e.g. `{'dtype': 'bfloat16',
+  'scan_layers': True}`); params are cast to the config's param_dtype. With `mesh`, params are
+  restored straight onto it, sharded by the logical-axis rules; otherwise on the default device.
+  """
+  directory = os.path.abspath(directory)
+  step = latest_step(directory) if step is None else step
+  config = load_model_config(directory, step)
+  if config_overrides:
+    config = config.replace(**config_overrides)
+  model = Decoder(config)
+
+  with _manager(directory, create=False) as manager:
+    stored = manager.item_metadata(step)[PARAMS]
+    stored_tree = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored.tree
+                               if hasattr(stored, "tree") else stored)
+    if mesh is not None:
+      from unimodal_jax import sharding
+      stored_config = config.replace(scan_layers=is_scanned(stored_tree))
+      shardings = sharding.param_shardings(
+          sharding.abstract_params(Decoder(stored_config), stored_config), mesh)
+    else:
+      device_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      shardings = jax.tree.map(lambda _: device_sharding, stored_tree)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          stored_tree, shardings)
+    params = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))[PARAMS]
+
+  dtype = config.jnp_param_dtype
+  params = jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else x, params)
+  params = to_layout(params, config, stack=jnp.stack)
+  if mesh is not None:
+    from unimodal_jax import sharding
+    params = jax.device_put(params, sharding.param_shardings(
+        sharding.abstract_params(model, config), mesh))
+  return model, params
