@@ -55,6 +55,23 @@ def test_tiny_forward_backward_compiles_for_v5e_2x2():
   assert 0.9 < ratio < 1.3, ratio
 
 
+def test_tiny_train_step_compiles_with_optimizer_state():
+  """The whole train step: arguments hold params + Adam's two moments (3x the params), donated
+  to the outputs (aliased), and FSDP splits all of it over the chips."""
+  from experiments.tiny import lm
+  config = lm.get_config()
+  config.model.update(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_heads=8,
+                      num_kv_heads=8, head_dim=64, num_layers=2)
+  param_bytes = aot.DecoderConfig.from_dict(config.model.to_dict()).num_params() * 4
+  replicated = aot.compile_train_step_for_topology(config, "v5e:2x2")
+  config.mesh.update(data=1, fsdp=-1)
+  fsdp = aot.compile_train_step_for_topology(config, "v5e:2x2")
+  assert replicated["program"] == "train_step" and replicated["fits"]
+  assert replicated["argument_bytes"] >= 3 * param_bytes
+  assert replicated["alias_bytes"] >= 3 * param_bytes  # the donated state is updated in place
+  assert fsdp["argument_bytes"] < 0.3 * replicated["argument_bytes"]
+
+
 def test_aot_tool_prints_json_last(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),
@@ -67,6 +84,7 @@ def test_aot_tool_prints_json_last(tmp_path):
               "flops_per_step"):
     assert key in result
   assert result["topology"] == "v5e:2x2" and result["num_chips"] == 4 and result["fits"]
+  assert result["program"] == "train_step"
 
 
 def test_aot_tool_rejects_a_mesh_bigger_than_the_pod():
@@ -90,3 +108,16 @@ def test_vicuna7b_fits_v5p_256():
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["num_chips"] == 128 and result["fits"]
   assert 6.8e9 < result["num_params"] < 7.0e9
+
+
+@pytest.mark.slow
+def test_illume_stage2_train_step_fits_v5p_256():
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),
+       "--config=" + os.path.join(REPO, "experiments", "illume", "stage2.py"),
+       "--topology=v5p-256"], capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["program"] == "train_step" and result["global_batch"] == 1024
+  assert result["fits"], result

@@ -1,4 +1,4 @@
-"""AOT-compile a config's forward+backward for a TPU topology on this CPU machine.
+"""AOT-compile a config's train step (or forward+backward) for a TPU topology on this CPU machine.
 
     python tools/aot_compile.py --config=experiments/illume/vicuna7b.py --topology=v5p-256
     python tools/aot_compile.py --config=experiments/tiny/lm.py --topology=v5e:2x2
@@ -27,6 +27,10 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", "v5p-256", "TPU topology: v5p-256, v5e-16, v5e:2x2, ...")
+_PROGRAM = flags.DEFINE_enum(
+    "program", "auto", ["auto", "train_step", "forward_backward"],
+    "what to compile: the full train step (optimizer state, donation; needs the config's train "
+    "and optimizer sections) or the model's forward+backward; auto picks train_step when it can")
 
 
 def main(argv):
@@ -39,10 +43,18 @@ def main(argv):
 
   cfg = _CONFIG.value
   model_config = DecoderConfig.from_dict(cfg.model.to_dict())
-  print(f"compiling forward+backward of {model_config.num_params() / 1e9:.2f}B params, batch "
-        f"{cfg.global_batch} x {cfg.seq_len} for {_TOPOLOGY.value} ...", file=sys.stderr, flush=True)
-  result = aot.compile_for_topology(model_config, cfg.mesh.to_dict(), _TOPOLOGY.value,
-                                    cfg.global_batch, cfg.seq_len)
+  program = _PROGRAM.value
+  if program == "auto":
+    program = "train_step" if ("train" in cfg and "optimizer" in cfg) else "forward_backward"
+  print(f"compiling the {program.replace('_', ' ')} of {model_config.num_params() / 1e9:.2f}B "
+        f"params, batch {cfg.global_batch} x {cfg.seq_len} for {_TOPOLOGY.value} ...",
+        file=sys.stderr, flush=True)
+  if program == "train_step":
+    result = aot.compile_train_step_for_topology(cfg, _TOPOLOGY.value)
+  else:
+    result = aot.compile_for_topology(model_config, cfg.mesh.to_dict(), _TOPOLOGY.value,
+                                      cfg.global_batch, cfg.seq_len)
+    result["program"] = "forward_backward"
   gib = 1024**3
   print(f"{result['topology']}: {result['num_chips']} chips, per chip "
         f"{result['per_chip_hbm_bytes'] / gib:.2f} GiB of {result['hbm_capacity_bytes'] / gib:.0f} "

@@ -115,6 +115,35 @@ def compile_forward_backward(config: DecoderConfig, mesh, global_batch: int, seq
   return lowered.compile()
 
 
+def compile_train_step(config, mesh):
+  """AOT-compile the full train step (forward, backward, optimizer update with its sharded state,
+  donated buffers) of an experiment config, as the training loop runs it."""
+  from unimodal_jax.train import config_checks, optimizer
+  from unimodal_jax.train.state import state_shardings
+  from unimodal_jax.train.step import make_train_step
+
+  model_config = DecoderConfig.from_dict(config.model.to_dict())
+  config_checks.check_batch(config, mesh, process_count=1)
+  model = Decoder(model_config)
+  params = nn.meta.unbox(sharding.abstract_params(model, model_config))
+  opt_cfg = config.optimizer.to_dict()
+  tx, schedules = optimizer.build(opt_cfg, params, int(config.train.steps))
+  frozen = optimizer.frozen_mask(params, optimizer.parse_groups(opt_cfg.get("groups")))
+  abstract_state, state_sh = state_shardings(model, model_config, tx, mesh)
+  batch_sh = sharding.batch_sharding(mesh)
+  shape = (config.global_batch, config.seq_len)
+  batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
+           "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
+           "target_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sh)}
+  step = jax.jit(
+      make_train_step(model, tx, frozen, schedules,
+                      grad_accum_steps=int(config.train.get("grad_accum_steps", 1)),
+                      z_loss_weight=float(config.train.get("z_loss_weight", 0.0))),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,))
+  with sharding.activation_sharding(mesh):
+    return step.lower(abstract_state, batch).compile()
+
+
 def report(compiled, *, topology: str, generation: str, num_chips: int, config: DecoderConfig,
            global_batch: int, seq_len: int, compile_s: float) -> dict[str, Any]:
   mem = compiled.memory_analysis()
@@ -151,6 +180,7 @@ def report(compiled, *, topology: str, generation: str, num_chips: int, config: 
 
 def compile_for_topology(config: DecoderConfig, mesh_config, topology: str, global_batch: int,
                          seq_len: int) -> dict[str, Any]:
+  """Forward+backward of a model config on a TPU topology: the report dict."""
   generation, devices = topology_devices(topology)
   mesh = sharding.make_mesh(mesh_config, devices)
   start = time.time()
@@ -158,3 +188,18 @@ def compile_for_topology(config: DecoderConfig, mesh_config, topology: str, glob
   return report(compiled, topology=topology, generation=generation, num_chips=len(devices),
                 config=config, global_batch=global_batch, seq_len=seq_len,
                 compile_s=time.time() - start)
+
+
+def compile_train_step_for_topology(experiment_config, topology: str) -> dict[str, Any]:
+  """The whole train step of an experiment config on a TPU topology: the report dict."""
+  generation, devices = topology_devices(topology)
+  mesh = sharding.make_mesh(experiment_config.mesh.to_dict(), devices)
+  start = time.time()
+  compiled = compile_train_step(experiment_config, mesh)
+  model_config = DecoderConfig.from_dict(experiment_config.model.to_dict())
+  result = report(compiled, topology=topology, generation=generation, num_chips=len(devices),
+                  config=model_config, global_batch=experiment_config.global_batch,
+                  seq_len=experiment_config.seq_len, compile_s=time.time() - start)
+  result["program"] = "train_step"
+  result["grad_accum_steps"] = int(experiment_config.train.get("grad_accum_steps", 1))
+  return result

@@ -24,6 +24,12 @@ from unimodal_jax.models.decoder_config import DecoderConfig
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
+# Items that training adds beside them (see unimodal_jax/train/checkpointing.py).
+OPT_STATE = "opt_state"
+TRAIN_META = "train_meta"
+EXPERIMENT_CONFIG = "config"
+DATA_ITERATOR = "data_iter"
+TRAIN_SUBDIR = "checkpoints"  # a training workdir keeps its checkpoints here
 _LAYER_KEY = re.compile(r"^layers_(\d+)$")
 
 
@@ -62,11 +68,24 @@ def to_layout(params: dict, config: DecoderConfig, stack=np.stack) -> dict:
 # ----------------------------------------------------------------------------- save / load
 
 
+def item_handlers() -> dict:
+  """Handlers for every item a model or training checkpoint may hold."""
+  standard, json_ = ocp.StandardCheckpointHandler, ocp.JsonCheckpointHandler
+  return {PARAMS: standard(), OPT_STATE: standard(), TRAIN_META: standard(),
+          MODEL_CONFIG: json_(), EXPERIMENT_CONFIG: json_(), DATA_ITERATOR: json_()}
+
+
+def resolve_directory(directory: str) -> str:
+  """A training workdir keeps its checkpoints in `checkpoints/`; accept either."""
+  directory = os.path.abspath(directory)
+  sub = os.path.join(directory, TRAIN_SUBDIR)
+  return sub if os.path.isdir(sub) else directory
+
+
 def _manager(directory: str, **options) -> ocp.CheckpointManager:
-  """A CheckpointManager that knows how to read the model items."""
+  """A CheckpointManager that knows how to read every item."""
   return ocp.CheckpointManager(
-      directory, item_handlers={PARAMS: ocp.StandardCheckpointHandler(),
-                                MODEL_CONFIG: ocp.JsonCheckpointHandler()},
+      directory, item_handlers=item_handlers(),
       options=ocp.CheckpointManagerOptions(**options) if options else None)
 
 
@@ -127,7 +146,7 @@ def save_pretrained(directory: str, params: dict, config: DecoderConfig, step: i
 
 
 def latest_step(directory: str) -> int:
-  directory = os.path.abspath(directory)
+  directory = resolve_directory(directory)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{directory}: no such checkpoint directory")
   with _manager(directory, create=False) as manager:
@@ -139,7 +158,7 @@ def latest_step(directory: str) -> int:
 
 
 def load_model_config(directory: str, step: int | None = None) -> DecoderConfig:
-  directory = os.path.abspath(directory)
+  directory = resolve_directory(directory)
   step = latest_step(directory) if step is None else step
   path = os.path.join(directory, str(step), MODEL_CONFIG, "metadata")
   if not os.path.exists(path):
@@ -161,7 +180,7 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
   'scan_layers': True}`); params are cast to the config's param_dtype. With `mesh`, params are
   restored straight onto it, sharded by the logical-axis rules; otherwise on the default device.
   """
-  directory = os.path.abspath(directory)
+  directory = resolve_directory(directory)
   step = latest_step(directory) if step is None else step
   config = load_model_config(directory, step)
   if config_overrides:

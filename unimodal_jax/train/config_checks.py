@@ -1,0 +1,46 @@
+"""Checks that fail a run before compiling, naming the config field that does not make sense."""
+from __future__ import annotations
+
+import math
+
+from unimodal_jax import sharding
+
+REQUIRED = {
+    "": ("model", "mesh", "global_batch", "seq_len", "train", "optimizer", "data"),
+    "train": ("steps", "seed", "log_every", "eval_every", "eval_batches", "checkpoint_every",
+              "keep_checkpoints", "max_consecutive_nonfinite"),
+    "optimizer": ("learning_rate",),
+}
+
+
+def check_fields(config) -> None:
+  for section, fields in REQUIRED.items():
+    node = config if not section else config.get(section)
+    if node is None:
+      raise ValueError(f"config has no '{section}' section")
+    for f in fields:
+      if f not in node:
+        raise ValueError(f"config.{section + '.' if section else ''}{f} is missing")
+  for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+               "max_consecutive_nonfinite"):
+    if int(config.train[name]) <= 0:
+      raise ValueError(f"config.train.{name}={config.train[name]} must be positive")
+  for name in ("global_batch", "seq_len"):
+    if int(config[name]) <= 0:
+      raise ValueError(f"config.{name}={config[name]} must be positive")
+
+
+def check_batch(config, mesh, process_count: int) -> None:
+  accum = int(config.train.get("grad_accum_steps", 1))
+  if accum <= 0 or config.global_batch % accum:
+    raise ValueError(f"config.train.grad_accum_steps={accum} must divide "
+                     f"config.global_batch={config.global_batch}")
+  data_shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+  micro = config.global_batch // accum
+  if micro % data_shards:
+    raise ValueError(f"config.global_batch={config.global_batch} / train.grad_accum_steps={accum}"
+                     f" = {micro} sequences per microbatch, not divisible by the data x fsdp "
+                     f"mesh axes ({data_shards})")
+  if config.global_batch % process_count:
+    raise ValueError(f"config.global_batch={config.global_batch} is not divisible by the "
+                     f"{process_count} processes")

@@ -1,0 +1,62 @@
+"""Next-token losses with target masks, optional z-loss, reported per modality.
+
+A batch is a dict of [batch, length] arrays: `inputs` (token ids), `targets` (next token ids),
+`target_mask` (float weights: 1 counts, 0 does not, e.g. prompt tokens), optionally
+`segment_ids`, `positions` and `target_modality` (int id per target, see MODALITIES).
+
+Losses are kept as sums over target tokens so that gradient-accumulation microbatches add up
+exactly to the full batch; `summarize` turns the sums into means.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MODALITIES = ("text", "image")
+
+
+def loss_sums(logits, batch, z_loss_weight: float = 0.0) -> dict:
+  """Weighted sums over the targets: weight, ce, z (logsumexp^2), correct; per modality too."""
+  logits = logits.astype(jnp.float32)
+  targets = batch["targets"]
+  mask = batch.get("target_mask")
+  mask = jnp.ones(targets.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  sums = {
+      "weight": jnp.sum(mask),
+      "ce": jnp.sum(ce * mask),
+      "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * mask),
+  }
+  if z_loss_weight:
+    z = jax.nn.logsumexp(logits, axis=-1)
+    sums["z"] = jnp.sum(z * z * mask)
+  if "target_modality" in batch:
+    for i, name in enumerate(MODALITIES):
+      modality_mask = mask * (batch["target_modality"] == i)
+      sums[f"weight/{name}"] = jnp.sum(modality_mask)
+      sums[f"ce/{name}"] = jnp.sum(ce * modality_mask)
+  return sums
+
+
+def objective(sums: dict, total_weight, z_loss_weight: float = 0.0):
+  """The loss to differentiate: (ce + z_loss_weight * z) / total_weight of the whole batch."""
+  value = sums["ce"] + (z_loss_weight * sums["z"] if z_loss_weight else 0.0)
+  return value / jnp.maximum(total_weight, 1e-9)
+
+
+def _mean(total, weight):
+  return jnp.where(weight > 0, total / jnp.maximum(weight, 1e-9), 0.0)
+
+
+def summarize(sums: dict, z_loss_weight: float = 0.0) -> dict:
+  """Means from sums: loss (cross entropy), accuracy, z_loss, loss/<modality>, target_tokens."""
+  out = {"loss": _mean(sums["ce"], sums["weight"]),
+         "accuracy": _mean(sums["correct"], sums["weight"]),
+         "target_tokens": sums["weight"]}
+  if "z" in sums:
+    out["z_loss"] = z_loss_weight * _mean(sums["z"], sums["weight"])
+  for name in MODALITIES:
+    if f"ce/{name}" in sums:
+      out[f"loss/{name}"] = _mean(sums[f"ce/{name}"], sums[f"weight/{name}"])
+  return out

@@ -1,0 +1,91 @@
+"""The jitted train and eval steps.
+
+One train step: forward + backward over `grad_accum_steps` microbatches (summed exactly), global
+norm, optimizer update per parameter group, and the non-finite policy: if the loss or the
+gradient norm is NaN/inf the update is skipped (params and optimizer state kept) and counted.
+Frozen parameters are wrapped in stop_gradient, so XLA never computes their weight gradients.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from unimodal_jax.train import losses
+from unimodal_jax.train.state import TrainState
+
+
+def _model_inputs(batch):
+  return {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
+
+
+def _microbatches(batch, n: int):
+  """[B, ...] -> [n, B/n, ...] taking every n-th row, so each microbatch keeps the batch's
+  sharding over devices (a contiguous split would put a microbatch on a few devices only)."""
+  def split(x):
+    return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
+                    z_loss_weight: float = 0.0):
+  """train_step(state, batch) -> (state, metrics)."""
+
+  def sums_and_grads(params, batch, total_weight):
+    def objective(p):
+      p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
+      logits = model.apply({"params": p}, batch["inputs"], **_model_inputs(batch))
+      sums = losses.loss_sums(logits, batch, z_loss_weight)
+      return losses.objective(sums, total_weight, z_loss_weight), sums
+    (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return sums, grads
+
+  def train_step(state: TrainState, batch):
+    mask = batch.get("target_mask")
+    total_weight = (jnp.sum(mask.astype(jnp.float32)) if mask is not None
+                    else jnp.asarray(batch["targets"].size, jnp.float32))
+    if grad_accum_steps == 1:
+      sums, grads = sums_and_grads(state.params, batch, total_weight)
+    else:
+      micro = _microbatches(batch, grad_accum_steps)
+      first = jax.tree.map(lambda x: x[0], micro)
+      sums_shape = jax.eval_shape(lambda: sums_and_grads(state.params, first, total_weight)[0])
+      init = (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape),
+              jax.tree.map(jnp.zeros_like, state.params))
+
+      def body(carry, mb):
+        s, g = sums_and_grads(state.params, mb, total_weight)
+        return jax.tree.map(jnp.add, carry, (s, g)), None
+
+      (sums, grads), _ = jax.lax.scan(body, init, micro)
+
+    grad_norm = optax.tree.norm(grads)
+    loss = losses.objective(sums, total_weight, z_loss_weight)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + skipped,
+        consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped)
+    metrics = losses.summarize(sums, z_loss_weight)
+    metrics.update(grad_norm=grad_norm, finite=finite,
+                   nonfinite_steps=new_state.nonfinite_steps,
+                   consecutive_nonfinite=new_state.consecutive_nonfinite)
+    for name, sched in schedules.items():
+      metrics[f"lr/{name}"] = sched(state.step)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model, z_loss_weight: float = 0.0):
+  """eval_step(params, batch) -> loss sums (add them over batches, then losses.summarize)."""
+  def eval_step(params, batch):
+    logits = model.apply({"params": params}, batch["inputs"], **_model_inputs(batch))
+    return losses.loss_sums(logits, batch, z_loss_weight)
+  return eval_step
