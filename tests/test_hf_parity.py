@@ -71,7 +71,19 @@ def test_converted_logits_match_transformers(tmp_path, family, overrides):
   ours = np.asarray(model.apply({"params": params}, tokens))
   ref = _hf_logits(hf, tokens)
   assert ours.shape == ref.shape == (3, 17, SMALL["vocab_size"])
+  print(f"parity {family} {overrides}: max |difference| {np.abs(ours - ref).max():.2e}")
   assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_convert_check_logits_flag(tmp_path):
+  hf = _hf_model("qwen2", seed=7)
+  hf.save_pretrained(tmp_path / "hf")
+  proc = _run_tool("convert_hf.py", "--hf_dir", str(tmp_path / "hf"), "--out_dir",
+                   str(tmp_path / "ok"), "--check_logits")
+  assert proc.returncode == 0 and "logit check: max |ours - transformers|" in proc.stdout
+  proc = _run_tool("convert_hf.py", "--hf_dir", str(tmp_path / "hf"), "--out_dir",
+                   str(tmp_path / "strict"), "--check_logits", "--tolerance", "0")
+  assert proc.returncode == 1 and "FAILED" in proc.stdout
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -1,15 +1,15 @@
 """Parameter groups, per-group learning rates, frozen groups, gradient accumulation, NaN skipping."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from unimodal_jax import sharding
 from unimodal_jax.train import optimizer
 from unimodal_jax.train.state import init_state, state_shardings
 from unimodal_jax.train.step import make_train_step
-from tests.helpers import tiny_config
+from tests.helpers import init_params, tiny_config
 from unimodal_jax.models.decoder import Decoder
 
 GROUPS = {
@@ -27,8 +27,7 @@ def _setup(opt_cfg, accum=1, config=None):
   config = config or tiny_config()
   model = Decoder(config)
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
-  params = __import__("flax").linen.meta.unbox(params["params"])
+  params = nn.meta.unbox(sharding.abstract_params(model, config))
   tx, schedules = optimizer.build(opt_cfg, params, total_steps=10)
   frozen = optimizer.frozen_mask(params, optimizer.parse_groups(opt_cfg["groups"]))
   _, shardings = state_shardings(model, config, tx, mesh)
@@ -43,7 +42,7 @@ def _batch(config, b=4, t=12, seed=0):
 
 
 def test_labels_and_errors():
-  _, params = __import__("tests.helpers", fromlist=["x"]).init_params(tiny_config())
+  _, params = init_params(tiny_config())
   groups = optimizer.parse_groups(GROUPS)
   labels = optimizer.label_params(params, groups)
   assert labels["embed_tokens"]["embedding"] == "embeddings"

@@ -213,3 +213,27 @@ def test_tiny_lm_experiment_learns(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = _results(tmp_path)
   assert results["eval"]["loss"] < results["unigram_heldout_loss"] - 1.0, results
+
+
+def test_document_pipeline_resumes_with_the_next_batch(tmp_path):
+  """The pipeline's iterator state goes through the checkpoint: 20 steps, stop, resume to 40
+  equals 40 straight steps bit for bit."""
+  config = "--config=" + os.path.join(REPO, "experiments", "tiny", "documents_smoke.py")
+  cache = f"--config.data.cache_dir={tmp_path / 'cache'}"
+
+  def run(workdir, steps):
+    proc = subprocess.run([sys.executable, "-m", "unimodal_jax.train", config,
+                           f"--workdir={workdir}", cache, f"--config.train.steps={steps}"],
+                          capture_output=True, text=True, env=_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+  run(tmp_path / "straight", 40)
+  run(tmp_path / "split", 20)
+  assert "resumed from" in run(tmp_path / "split", 40).stdout
+  for a, b in zip(jax.tree.leaves(_params(tmp_path / "straight")),
+                  jax.tree.leaves(_params(tmp_path / "split"))):
+    np.testing.assert_array_equal(a, b)
+  results = _results(tmp_path / "straight")
+  assert results["data_skips"]["skipped"] == 0 and results["data_skips"]["kept"] > 0
+  assert "loss/text" in results["train"] and results["eval"]["loss"] < results["train"]["loss"] + 1

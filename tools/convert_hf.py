@@ -28,6 +28,12 @@ def parse_args(argv=None):
                  help="param dtype recorded in the model config (what load_pretrained casts to)")
   p.add_argument("--compute_dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype recorded in the model config (bfloat16 on accelerators)")
+  p.add_argument("--check_logits", action="store_true",
+                 help="after converting, run the Hugging Face model (needs torch + transformers "
+                      "and RAM for it in float32) and ours on the same random tokens; fail unless "
+                      "max |logit difference| <= --tolerance")
+  p.add_argument("--tolerance", type=float, default=1e-4,
+                 help="largest max |logit difference| --check_logits accepts (float32)")
   p.add_argument("--concurrent_gb", type=float, default=1.0,
                  help="at most this many GB of tensors are being written at once (bounds RAM)")
   return p.parse_args(argv)
@@ -57,7 +63,30 @@ def main(argv=None) -> int:
         f"{config.num_params() / 1e6:.1f}M params -> {args.out_dir}", flush=True)
   checkpoints.save_pretrained(args.out_dir, params, config, concurrent_gb=args.concurrent_gb)
   print(f"done in {time.time() - start:.1f}s", flush=True)
+  if args.check_logits:
+    diff = logit_difference(args.hf_dir, args.out_dir)
+    ok = diff <= args.tolerance
+    print(f"logit check: max |ours - transformers| = {diff:.3g} "
+          f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})", flush=True)
+    return 0 if ok else 1
   return 0
+
+
+def logit_difference(hf_dir: str, ckpt_dir: str, batch: int = 2, length: int = 16) -> float:
+  """Max |logits| difference between transformers' model in hf_dir and our checkpoint."""
+  import numpy as np
+  import torch
+  import transformers
+  from unimodal_jax import checkpoints
+
+  model, params = checkpoints.load_pretrained(ckpt_dir)
+  tokens = np.random.RandomState(0).randint(0, model.config.vocab_size, (batch, length))
+  ours = np.asarray(model.apply({"params": params}, tokens))
+  del params
+  hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+  with torch.no_grad():
+    ref = hf(torch.tensor(tokens)).logits.numpy()
+  return float(np.abs(ours - ref).max())
 
 
 if __name__ == "__main__":

@@ -189,6 +189,7 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
 
   with _manager(directory, create=False) as manager:
     stored = manager.item_metadata(step)[PARAMS]
+    # Newer orbax wraps the metadata tree in an object with `.tree`; older returns it bare.
     stored_tree = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored.tree
                                if hasattr(stored, "tree") else stored)
     if mesh is not None:

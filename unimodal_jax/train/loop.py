@@ -16,13 +16,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from unimodal_jax import checkpoints, sharding
-from unimodal_jax.data import lm_data
 from unimodal_jax.models.decoder import Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
-from unimodal_jax.train import config_checks, losses, optimizer
+from unimodal_jax.train import config_checks, data_setup, losses, optimizer
 from unimodal_jax.train import metrics as metrics_lib
 from unimodal_jax.train.checkpointing import TrainCheckpointer
 from unimodal_jax.train.state import init_state, state_shardings
@@ -46,18 +44,6 @@ def _write_json(path: str, value: dict) -> None:
   os.replace(tmp, path)
 
 
-def _load_data(config, workdir: str, log):
-  """Token data; process 0 builds the cache, the others wait for it and read it."""
-  cache = config.data.get("cache_dir") or os.path.join(workdir, "data")
-  if jax.process_index() == 0:
-    data = lm_data.build_token_data(config.data, config.seq_len, cache, log)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("token data cached")
-  if jax.process_index() != 0:
-    data = lm_data.build_token_data(config.data, config.seq_len, cache, lambda *_: None)
-  return data
-
-
 def run(config, workdir: str, *, log=print) -> dict:
   """Train as `config` says, in `workdir`; returns (and writes to results.json) final metrics."""
   wall_start = time.time()
@@ -78,15 +64,14 @@ def run(config, workdir: str, *, log=print) -> dict:
   frozen = optimizer.frozen_mask(abstract_params, optimizer.parse_groups(opt_cfg.get("groups")))
   abstract_state, state_sh = state_shardings(model, model_config, tx, mesh)
 
-  data = _load_data(config, workdir, log)
+  data = data_setup.build(config, workdir, log)
   if model_config.vocab_size < data.vocab_size:
     raise ValueError(f"config.model.vocab_size={model_config.vocab_size} is smaller than the "
                      f"tokenizer's {data.vocab_size} tokens")
 
   checkpointer = TrainCheckpointer(workdir, keep=int(train_cfg.keep_checkpoints),
                                    async_save=bool(train_cfg.get("async_checkpointing", True)))
-  train_iter = lm_data.train_iterator(data.train, config.global_batch, int(train_cfg.seed),
-                                      jax.process_index(), jax.process_count())
+  train_iter = data.train_iter
   latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(abstract_state)
@@ -127,11 +112,11 @@ def run(config, workdir: str, *, log=print) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_sh, np.asarray(v))
             for k, v in batch.items()}
 
-  eval_set = [to_global(b) for b in lm_data.eval_batches(
-      data.heldout, config.global_batch, int(train_cfg.eval_batches), jax.process_index(),
-      jax.process_count())]
+  eval_set = [to_global(b) for b in data.eval_batches]
 
   def evaluate(params) -> dict:
+    if not eval_set:
+      return {}
     total = None
     for b in eval_set:
       sums = eval_fn(params, b)
@@ -179,8 +164,9 @@ def run(config, workdir: str, *, log=print) -> dict:
       if done % int(train_cfg.eval_every) == 0 or done == total_steps:
         eval_metrics = evaluate(state.params)
         tensorboard.scalars(done, eval_metrics, prefix="eval/")
-        log(f"eval at step {done}: held-out loss {eval_metrics['loss']:.4f} "
-            f"(unigram baseline {data.unigram_heldout_loss:.4f})")
+        if eval_metrics:
+          log(f"eval at step {done}: held-out loss {eval_metrics['loss']:.4f}"
+              f"{data.eval_note(eval_metrics)}")
       if done % int(train_cfg.checkpoint_every) == 0 or done == total_steps:
         save()
   if start_step >= total_steps:  # resumed at the end without results: evaluate once
@@ -195,7 +181,7 @@ def run(config, workdir: str, *, log=print) -> dict:
       "train": last_metrics,
       "loss_history": history,
       "eval": eval_metrics,
-      "unigram_heldout_loss": data.unigram_heldout_loss,
+      **data.extras(),
       "tokens_per_s": last_rates.get("tokens_per_s"),
       "mfu": last_rates.get("mfu"),
       "peak_flops_per_device": peak,

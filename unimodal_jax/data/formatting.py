@@ -1,0 +1,181 @@
+"""Documents -> model examples: token ids, next-token targets with their mask and modality, and
+the pixels of the images the model reads.
+
+Every task becomes one token sequence in the unified vocabulary (vocab.py):
+  - an image the model *reads* (understanding) is <image_start> <image_patch> x tokens_per_image
+    <image_end>, never a target; the model puts the adapter's features at the patch slots,
+    in order, from `images`;
+  - an image the model *writes* (generation) is <image_start> codes... <image_end>, all targets
+    (modality 'image'); its codes come from an `image_tokens` segment or the image tokenizer;
+  - text is sentencepiece ids; which text is a target depends on the task:
+      caption        BOS [image] caption* EOS*                  (* = target)
+      text_to_image  BOS caption [image*] EOS*                  (caption dropped with p=text_dropout
+                                                                 for classifier-free guidance)
+      reconstruction BOS [image] [image*] EOS*                  (ILLUME stage 1)
+      conversation   BOS system USER: ... ASSISTANT: answer* EOS* USER: ...
+      edit           as conversation: the user's image is read, the assistant's image written
+      interleaved    BOS text* [image] text* ... EOS*           (images read, text learned)
+The example holds inputs = sequence[:-1], targets = sequence[1:], so packing several examples in
+one row never predicts across their boundary.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from unimodal_jax.data import documents, images
+from unimodal_jax.data.vocab import Vocab
+
+TEXT, IMAGE = 0, 1  # target modality ids (train/losses.py MODALITIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class FormatConfig:
+  max_length: int = 512  # inputs per example (and per packed row)
+  image_size: int = 64  # pixels of images the model reads
+  tokens_per_image: int = 16  # <image_patch> slots per image read
+  max_images: int = 4  # images read per example (and per packed row)
+  text_dropout: float = 0.1  # text_to_image: caption dropped (CFG's unconditional branch)
+  system_prompt: str = ""
+  user_prefix: str = "USER:"
+  assistant_prefix: str = "ASSISTANT:"
+
+
+class Skip(Exception):
+  """This document cannot become an example; the reason is counted (or raised when strict)."""
+
+
+class _Sequence:
+  def __init__(self):
+    self.tokens, self.target, self.modality, self.images = [], [], [], []
+
+  def add(self, ids, target: bool, modality: int = TEXT):
+    ids = [int(i) for i in ids]
+    self.tokens += ids
+    self.target += [target] * len(ids)
+    self.modality += [modality] * len(ids)
+
+
+class Formatter:
+  """Callable (document, rng) -> example dict of numpy arrays. Raises Skip."""
+
+  def __init__(self, tokenizer, vocab: Vocab, config: FormatConfig,
+               image_tokenizer: Callable[[np.ndarray], np.ndarray] | None = None):
+    self.sp, self.vocab, self.config = tokenizer, vocab, config
+    self.image_tokenizer = image_tokenizer
+
+  # -- pieces
+  def _text(self, seq: _Sequence, text: str, target: bool):
+    if text:
+      seq.add(self.sp.encode(text), target)
+
+  def _read_image(self, seq: _Sequence, segment: documents.Segment, where: str):
+    if segment.type != "image":
+      raise Skip("image to read has no pixels (image_tokens only)")
+    if len(seq.images) >= self.config.max_images:
+      raise Skip(f"more than {self.config.max_images} images to read")
+    try:
+      seq.images.append(images.decode_resize(segment.image, self.config.image_size, where))
+    except images.ImageError as e:
+      raise Skip(f"undecodable image ({e})") from e
+    v = self.vocab
+    seq.add([v.image_start] + [v.image_patch] * self.config.tokens_per_image + [v.image_end],
+            target=False)
+
+  def _write_image(self, seq: _Sequence, segment: documents.Segment, where: str):
+    if segment.type == "image_tokens":
+      codes = np.asarray(segment.tokens)
+    elif self.image_tokenizer is not None:
+      try:
+        pixels = images.decode_resize(segment.image, self.config.image_size, where)
+      except images.ImageError as e:
+        raise Skip(f"undecodable image ({e})") from e
+      codes = np.asarray(self.image_tokenizer(pixels)).ravel()
+    else:
+      raise Skip("image to write has no tokens and no image tokenizer is configured")
+    if self.vocab.image_codes and (codes.min() < 0 or codes.max() >= self.vocab.image_codes):
+      raise Skip(f"image codes outside [0, {self.vocab.image_codes})")
+    v = self.vocab
+    seq.add([v.image_start], True, IMAGE)
+    seq.add(v.image_token(codes), True, IMAGE)
+    seq.add([v.image_end], True, IMAGE)
+
+  # -- tasks
+  def _one(self, doc, type_):
+    found = [s for s in doc.segments if s.type in type_]
+    if not found:
+      raise Skip(f"task {doc.task} needs a segment of type {'/'.join(type_)}")
+    return found[0]
+
+  def _caption(self, doc, seq, rng, where):
+    self._read_image(seq, self._one(doc, ("image",)), where)
+    self._text(seq, self._one(doc, ("text",)).text, target=True)
+
+  def _text_to_image(self, doc, seq, rng, where):
+    caption = self._one(doc, ("text",)).text
+    if rng is not None and rng.random() < self.config.text_dropout:
+      caption = ""
+    self._text(seq, caption, target=False)
+    self._write_image(seq, self._one(doc, ("image", "image_tokens")), where)
+
+  def _reconstruction(self, doc, seq, rng, where):
+    image = self._one(doc, ("image",))
+    self._read_image(seq, image, where)
+    tokens = [s for s in doc.segments if s.type == "image_tokens"]
+    self._write_image(seq, tokens[0] if tokens else image, where)
+
+  def _dialogue(self, doc, seq, rng, where):
+    cfg, role = self.config, None
+    self._text(seq, cfg.system_prompt, target=False)
+    if not any(s.role == "assistant" for s in doc.segments):
+      raise Skip(f"task {doc.task} has no assistant turn")
+    for seg in doc.segments:
+      if seg.role not in ("user", "assistant"):
+        raise Skip(f"task {doc.task}: segment role {seg.role!r} (expected user/assistant)")
+      if seg.role != role:
+        if role == "assistant":
+          seq.add([self.vocab.eos_id], target=True)
+        self._text(seq, cfg.user_prefix if seg.role == "user" else cfg.assistant_prefix, False)
+        role = seg.role
+      assistant = seg.role == "assistant"
+      if seg.type == "text":
+        self._text(seq, seg.text, target=assistant)
+      elif assistant:
+        self._write_image(seq, seg, where)
+      else:
+        self._read_image(seq, seg, where)
+    if role == "assistant":
+      seq.add([self.vocab.eos_id], target=True)
+
+  def _interleaved(self, doc, seq, rng, where):
+    for seg in doc.segments:
+      if seg.type == "text":
+        self._text(seq, seg.text, target=True)
+      else:
+        self._read_image(seq, seg, where)
+
+  def __call__(self, doc: documents.Document, rng=None, where: str = "") -> dict:
+    task = {"caption": self._caption, "text_to_image": self._text_to_image,
+            "reconstruction": self._reconstruction, "conversation": self._dialogue,
+            "edit": self._dialogue, "interleaved": self._interleaved}.get(doc.task)
+    if task is None:
+      raise Skip(f"unknown task {doc.task!r}")
+    seq = _Sequence()
+    seq.add([self.vocab.bos_id], target=False)
+    task(doc, seq, rng, where or doc.id)
+    if task != self._dialogue:  # dialogues end each assistant turn with EOS themselves
+      seq.add([self.vocab.eos_id], target=True)
+    if len(seq.tokens) - 1 > self.config.max_length:
+      raise Skip(f"too long: {len(seq.tokens) - 1} tokens > max_length {self.config.max_length}")
+    tokens = np.asarray(seq.tokens, np.int32)
+    size = self.config.image_size
+    pixels = (np.stack(seq.images) if seq.images else np.zeros((0, size, size, 3), np.uint8))
+    return {
+        "inputs": tokens[:-1],
+        "targets": tokens[1:],
+        "target_mask": np.asarray(seq.target[1:], np.float32),
+        "target_modality": np.asarray(seq.modality[1:], np.int32),
+        "images": pixels,
+    }

@@ -1,0 +1,54 @@
+"""The unified vocabulary: sentencepiece text tokens, then special tokens, then image codes.
+
+    [0, text_size)                          text (sentencepiece; its bos/eos/pad ids included)
+    [text_size, text_size + len(SPECIALS))  special tokens below
+    [image_offset, image_offset + codes)    the vision tokenizer's codebook (ILLUME's
+                                            "vision embed & head" rows)
+
+Vicuna-7B with ILLUME's codebook: 32,000 + 4 + 16,384 = 48,388 (experiments/illume/vicuna7b.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+# Opening and closing an image the model writes (discrete codes between them), and the slot of
+# one continuous image feature the model reads (understanding). The last is reserved.
+SPECIALS = ("<image_start>", "<image_end>", "<image_patch>", "<reserved_0>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+  text_size: int
+  image_codes: int = 0
+  bos_id: int = 2
+  eos_id: int = 3
+  pad_id: int = 0
+
+  @property
+  def image_start(self) -> int:
+    return self.text_size + SPECIALS.index("<image_start>")
+
+  @property
+  def image_end(self) -> int:
+    return self.text_size + SPECIALS.index("<image_end>")
+
+  @property
+  def image_patch(self) -> int:
+    return self.text_size + SPECIALS.index("<image_patch>")
+
+  @property
+  def image_offset(self) -> int:
+    return self.text_size + len(SPECIALS)
+
+  @property
+  def size(self) -> int:
+    return self.image_offset + self.image_codes
+
+  def image_token(self, code):
+    """Vocabulary id(s) of image code(s)."""
+    return code + self.image_offset
+
+  @classmethod
+  def from_sentencepiece(cls, sp, image_codes: int = 0) -> "Vocab":
+    return cls(text_size=sp.get_piece_size(), image_codes=image_codes, bos_id=sp.bos_id(),
+               eos_id=sp.eos_id(), pad_id=max(sp.pad_id(), 0))
