@@ -256,3 +256,24 @@ def test_world_sources_and_worker_processes(sp, vocab):
     x, y = next(a), next(b)
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_world_shards_tool_writes_what_the_world_generates(tmp_path, repo_root):
+  import subprocess
+  import sys
+  from unimodal_jax.data import shards
+  from unimodal_jax.data.worlds import shapes
+  out = tmp_path / "vqa"
+  proc = subprocess.run([sys.executable, "tools/write_world_shards.py", "--world=shapes",
+                         "--task=conversation", "--count=25", f"--out_dir={out}",
+                         "--name=vqa", "--records_per_shard=10"], capture_output=True, text=True,
+                        cwd=repo_root)
+  assert proc.returncode == 0, proc.stderr
+  assert len(shards.shard_files(str(out))) == 3
+  docs = list(shards.read_documents(str(out)))
+  assert [D.encode(d) for d in docs] == [D.encode(shapes.make_document(0, i, "conversation"))
+                                         for i in range(25)]
+  bad = subprocess.run([sys.executable, "tools/write_world_shards.py", "--world=digits",
+                        "--task=edit", "--count=2", f"--out_dir={tmp_path / 'x'}", "--name=x"],
+                       capture_output=True, text=True, cwd=repo_root)
+  assert bad.returncode == 2 and "task 'edit'" in bad.stderr
