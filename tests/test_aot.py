@@ -72,6 +72,15 @@ def test_tiny_train_step_compiles_with_optimizer_state():
   assert fsdp["argument_bytes"] < 0.3 * replicated["argument_bytes"]
 
 
+def test_decoder_with_fused_attention_compiles_for_tpu():
+  """attention_impl='pallas' puts the Mosaic flash-attention kernels (forward and backward)
+  into the decoder's TPU program, under shard_map over the mesh."""
+  config = tiny_config(vocab_size=512, hidden_size=256, intermediate_size=512, num_heads=2,
+                       num_kv_heads=2, head_dim=128, num_layers=2, attention_impl="pallas")
+  result = aot.compile_for_topology(config, {"data": 2, "fsdp": 2}, "v5e:2x2", 4, 256)
+  assert result["fits"] and result["num_chips"] == 4
+
+
 def test_aot_tool_prints_json_last(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),

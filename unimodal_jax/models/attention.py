@@ -2,12 +2,22 @@
 
 Layout [batch, length, heads, head_dim]; grouped-query heads (key/value heads divide query heads);
 packed sequences by segment ids (0 marks padding); an optional query offset for KV-cache decoding.
-The kernels issue plugs its fused Pallas attention in behind `impl`.
+
+Dispatch (`impl`): 'xla' is jax.nn.dot_product_attention with an explicit mask (the reference,
+and the CPU path); 'pallas' is the fused kernel in kernels/flash_attention.py (on TPU/GPU; in
+interpret mode on a CPU; for TPU descriptions when compiling ahead of time); 'auto' picks the kernel on TPU/GPU for training-shaped calls
+(no cache offset) and XLA otherwise. Inside `sharding.activation_sharding(mesh)` the kernel runs
+under jax.shard_map over the mesh's batch (and, when they divide, head) axes, since Mosaic
+kernels cannot be partitioned automatically.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+IMPLS = ("auto", "xla", "pallas")
+BATCH_AXES = ("data", "fsdp")  # as sharding.BATCH_AXES (not imported: no cycle with kernels/)
+HEAD_AXIS = "tensor"
 
 
 def attention_mask(q_segment_ids, kv_segment_ids, q_offset=0):
@@ -25,6 +35,36 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_offset=0):
   return (causal[None] & same_segment)[:, None]
 
 
+def _context_mesh():
+  """The mesh of `jax.set_mesh` (abstract: this runs while tracing), or None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh is None or mesh.empty else mesh
+
+
+def _platform(mesh) -> str:
+  """Where the program will run: the mesh's devices (TPU descriptions when compiling ahead of
+  time from a CPU host), else the default backend."""
+  device = getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+def _fused(q, k, v, segment_ids, mesh):
+  # lazy: kernels/flash_attention.py imports this module for its reference
+  from kernels.flash_attention import flash_attention, flash_attention_sharded
+  platform = _platform(mesh)
+  if platform not in ("tpu", "gpu"):  # 'pallas' on a CPU: the TPU kernel in interpret mode
+    return flash_attention(q, k, v, causal=True, segment_ids=segment_ids, impl="pallas",
+                           interpret=True)
+  if mesh is None:
+    return flash_attention(q, k, v, causal=True, segment_ids=segment_ids, impl="pallas",
+                           platform=platform)
+  batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+  tensor = mesh.shape.get(HEAD_AXIS, 1)
+  head_axes = HEAD_AXIS if tensor > 1 and k.shape[2] % tensor == 0 else None
+  return flash_attention_sharded(q, k, v, mesh, batch_axes=batch_axes, head_axes=head_axes,
+                                    segment_ids=segment_ids, impl="pallas", platform=platform)
+
+
 def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_offset=0, impl="auto"):
   """Causal, segment-masked softmax(q k^T / sqrt(d)) v.
 
@@ -33,8 +73,17 @@ def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_offset=0,
   """
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"query heads {q.shape[2]} not a multiple of key/value heads {k.shape[2]}")
-  if impl not in ("auto", "xla"):
-    raise ValueError(f"attention impl {impl!r} is not available; expected 'auto' or 'xla'")
+  if impl not in IMPLS:
+    raise ValueError(f"attention impl {impl!r}; expected one of {IMPLS}")
+  training_shaped = (isinstance(q_offset, int) and q_offset == 0 and q.shape[1] == k.shape[1]
+                     and q_segment_ids is kv_segment_ids)
+  mesh = _context_mesh()
+  if impl == "pallas" and not training_shaped:
+    raise ValueError("attention impl 'pallas' covers self-attention without a KV-cache offset; "
+                     "use 'auto' to fall back to XLA for decoding")
+  if impl == "pallas" or (impl == "auto" and training_shaped
+                          and _platform(mesh) in ("tpu", "gpu")):
+    return _fused(q, k, v, q_segment_ids, mesh)
   mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)
   # jax.nn.dot_product_attention handles GQA and upcasts the logits to float32 for the softmax.
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
