@@ -15,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("name,expected", [
     ("v5p-256", ("v5p", "v5p:4x4x8", 128)),
-    ("v5p-8", ("v5p", "v5p:1x2x2", 4)),
+    ("v5p-8", ("v5p", "v5p:2x2x1", 4)),
     ("v4-128", ("v4", "v4:4x4x4", 64)),
     ("v5e-256", ("v5e", "v5e:16x16", 256)),
     ("v5e-8", ("v5e", "v5e:2x4", 8)),
@@ -79,6 +79,29 @@ def test_decoder_with_fused_attention_compiles_for_tpu():
                        num_kv_heads=2, head_dim=128, num_layers=2, attention_impl="pallas")
   result = aot.compile_for_topology(config, {"data": 2, "fsdp": 2}, "v5e:2x2", 4, 256)
   assert result["fits"] and result["num_chips"] == 4
+
+
+def test_train_step_with_kernels_compiles_for_v5p():
+  """The whole train step (AdamW state, donation) with the Mosaic flash-attention kernels, and
+  the Mosaic codebook lookup, compiled for a v5p slice."""
+  import jax
+  import jax.numpy as jnp
+  from experiments.tiny import lm
+  from kernels.vq_lookup import vq_lookup_sharded
+  from unimodal_jax import sharding
+  config = lm.get_config()
+  config.model.update(hidden_size=256, intermediate_size=512, num_heads=2, num_kv_heads=2,
+                      head_dim=128, num_layers=2, attention_impl="pallas")
+  config.mesh.update(data=1, fsdp=-1)
+  result = aot.compile_train_step_for_topology(config, "v5p-8")
+  assert result["program"] == "train_step" and result["num_chips"] == 4 and result["fits"]
+
+  _, devices = aot.topology_devices("v5p-8")
+  mesh = sharding.make_mesh({"data": -1}, devices)
+  x = jax.ShapeDtypeStruct((4096, 256), jnp.bfloat16, sharding=sharding.batch_sharding(mesh))
+  c = jax.ShapeDtypeStruct((16384, 256), jnp.bfloat16)
+  hlo = jax.jit(lambda a, b: vq_lookup_sharded(a, b, mesh, "data")).lower(x, c).compile()
+  assert "tpu_custom_call" in hlo.as_text()
 
 
 def test_aot_tool_prints_json_last(tmp_path):

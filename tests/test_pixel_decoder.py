@@ -83,3 +83,16 @@ def test_learns_a_conditional_distribution():
 def test_config_errors():
   with pytest.raises(ValueError, match="image_size=30 is not a multiple of patch_size=4"):
     pd.PixelDecoderConfig(image_size=30, patch_size=4)
+
+
+def test_sampler_shapes_and_determinism():
+  decoder, params = _init()
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape),
+                        params)
+  cond = jax.random.normal(jax.random.key(6), (3, 2, 8))
+  a = pd.sample(decoder, params, cond, jax.random.key(9), steps=4, guidance=1.5)
+  b = pd.sample(decoder, params, cond, jax.random.key(9), steps=4, guidance=1.5)
+  c = pd.sample(decoder, params, cond, jax.random.key(10), steps=4, guidance=1.5)
+  assert a.shape == (3, 8, 8, 3) and a.dtype == jnp.uint8
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)

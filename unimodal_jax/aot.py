@@ -54,7 +54,8 @@ def topology_shape(generation: str, num_chips: int) -> tuple[int, ...]:
     smallest = min(dims)
     i = max(j for j, d in enumerate(dims) if d == smallest)  # grow the last of the smallest
     dims[i] *= 2
-  return tuple(sorted(dims))
+  # Ascending, with unit dimensions last, as the slices are named (v5p-8 is 2x2x1).
+  return tuple(sorted(d for d in dims if d > 1)) + tuple(d for d in dims if d == 1)
 
 
 def parse_topology(name: str) -> tuple[str, str, int]:
@@ -78,9 +79,15 @@ def parse_topology(name: str) -> tuple[str, str, int]:
 
 def topology_devices(name: str):
   """TPU device descriptions for a topology (needs the libtpu wheel; no TPU)."""
+  import os
   from jax.experimental import topologies
+  # Compiling needs no exclusive hold on libtpu (its lockfile is for running on a TPU), and
+  # there are no TPU worker hosts to look for.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   gen, topo, chips = parse_topology(name)
-  bounds = (1, 1, 1) if chips == 1 else (2, 2, 1)
+  shape = [int(v) for v in topo.split(":")[1].split("x")]
+  bounds = (min(2, shape[0]), min(2, shape[1]) if len(shape) > 1 else 1, 1)
   try:
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topo,
                                         chip_config_name="default",

@@ -213,3 +213,19 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
     params = jax.device_put(params, sharding.param_shardings(
         sharding.abstract_params(model, config), mesh))
   return model, params
+
+
+def restore_params(directory: str, step: int | None = None) -> tuple[dict, dict]:
+  """(params on the default device, the model_config dict) of any model's checkpoint (CLIP,
+  tokenizers, ...): load_pretrained is the decoder-specific version of this."""
+  directory = resolve_directory(directory)
+  step = latest_step(directory) if step is None else step
+  with _manager(directory, create=False) as manager:
+    stored = manager.item_metadata(step)[PARAMS]
+    stored = stored.tree if hasattr(stored, "tree") else stored
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          stored)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target), model_config=ocp.args.JsonRestore()))
+  return restored[PARAMS], restored[MODEL_CONFIG]
