@@ -62,7 +62,9 @@ TRAIN_FIELDS = ("steps", "batch_size", "seed", "log_every", "duplicates_positive
                 "hard_negative_fraction", "hard_negative_group")
 EVAL_FIELDS = ("every", "batch_size", "count_prompt_scenes")
 MAX_COUNT = 4  # shapes.sample_scene's default max_objects
-SHAPE_WORDS = shapes.SHAPES + tuple(shapes.PLURALS.values())
+# The words that name a class: captions that differ only in these are hard negatives.
+CLASS_WORDS = (shapes.SHAPES + tuple(shapes.PLURALS.values()) + digits.WORDS
+               + tuple(str(d) for d in range(10)))
 SHAPE_TEMPLATES = ("{phrase}", "a photo of {sized}", "one shape: {phrase}")
 
 
@@ -146,9 +148,10 @@ def tokenize(sp, texts, max_len: int, where: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- batches
 
 
-def hard_negative_groups(captions, words=SHAPE_WORDS) -> list[np.ndarray]:
+def hard_negative_groups(captions, words=CLASS_WORDS) -> list[np.ndarray]:
   """Indices of captions grouped by their text with `words` blanked out, keeping the groups
-  whose captions are not all the same: "a red circle" and "a red cross" fall together."""
+  whose captions are not all the same: "a red circle" and "a red cross" fall together, and so do
+  "the digit 3" and "the digit 8"."""
   pattern = re.compile(r"\b(" + "|".join(sorted(words, key=len, reverse=True)) + r")\b")
   by_key: dict[str, list[int]] = {}
   for i, caption in enumerate(captions):
@@ -165,12 +168,12 @@ class BatchSampler:
   Why: in these worlds color, count and size already tell almost every caption in a random batch
   apart, so the InfoNCE gradient to see shape is faint, and a small ViT trained on random batches
   learns no shape at all (zero-shot shape stays at chance after 1,500 steps, though the same ViT
-  learns shape in 600 steps when supervised). Captions that differ only in their shape words
+  learns shape in 600 steps when supervised). Captions that differ only in their class words
   leave the model nothing else to match on. The groups come from caption text alone.
   """
 
   def __init__(self, captions, batch: int, seed: int, hard_fraction: float = 0.0,
-               group_size: int = 8, words=SHAPE_WORDS):
+               group_size: int = 8, words=CLASS_WORDS):
     if not 0.0 <= hard_fraction < 1.0:
       raise ValueError(f"config.train.hard_negative_fraction={hard_fraction}; expected [0, 1)")
     if group_size < 2:
@@ -181,7 +184,7 @@ class BatchSampler:
     self.groups = hard_negative_groups(captions, words) if self.n_hard else []
     if self.n_hard and not self.groups:
       raise ValueError("config.train.hard_negative_fraction > 0, but no two training captions "
-                       "differ only in shape words")
+                       "differ only in class words (CLASS_WORDS)")
     # A group is drawn with probability proportional to its size, as if drawing an example and
     # taking its group: the large single-object groups ("a red _") come up most.
     sizes = np.array([len(g) for g in self.groups], np.float64)
@@ -376,7 +379,7 @@ def run(config, workdir: str, *, log=print) -> dict:
                          float(train_cfg.hard_negative_fraction),
                          int(train_cfg.hard_negative_group))
   log(f"batches: {sampler.n_hard} of {batch} from {len(sampler.groups)} groups of captions "
-      "that differ only in shape words; the rest drawn without replacement")
+      "that differ only in shape or digit words; the rest drawn without replacement")
   history, eval_history = [], []
   eval_every = int(config.eval.every)
   t_train = time.time()

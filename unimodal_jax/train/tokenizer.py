@@ -177,6 +177,8 @@ def run(config, workdir: str, *, log=print) -> dict:
       "tokenizer", tok_loss, variables["params"], variables.get("vq_stats", {}), (train_feats,),
       config.tokenizer_train, log, seed=1)
   tok_vars = {"params": tok_params, **({"vq_stats": tok_stats} if mutable else {})}
+  _save(os.path.join(workdir, "tokenizer"), tok_vars, {"kind": "semantic_tokenizer",
+                                                       **tok_cfg.__dict__})
 
   @jax.jit
   def encode(feats):
@@ -206,6 +208,8 @@ def run(config, workdir: str, *, log=print) -> dict:
 
   pd_params, _, pd_seconds = _train("pixel_decoder", pd_loss, pd_params, {},
                                     (train_images, train_cond), config.pixel_train, log, seed=2)
+  _save(os.path.join(workdir, "pixel_decoder"), pd_params, {"kind": "pixel_decoder",
+                                                            **pd_cfg.__dict__})
 
   # 4. Baseline: pixel-reconstruction VQ.
   base_cfg = pixel_vq.PixelVQConfig(image_size=size, **config.baseline.to_dict())
@@ -276,10 +280,6 @@ def run(config, workdir: str, *, log=print) -> dict:
       "eval_scenes": len(eval_images),
       "wall_time_s": time.time() - wall,
   }
-  _save(os.path.join(workdir, "tokenizer"), tok_vars, {"kind": "semantic_tokenizer",
-                                                       **tok_cfg.__dict__})
-  _save(os.path.join(workdir, "pixel_decoder"), pd_params, {"kind": "pixel_decoder",
-                                                            **pd_cfg.__dict__})
   _save_grid(os.path.join(workdir, "samples.png"),
              [eval_images[:12], semantic_images[:12], baseline_images[:12]])
   _write_json(os.path.join(workdir, "results.json"), results)
