@@ -379,7 +379,7 @@ def init_params(config: VitConfig, rng=None):
   model = VisionTransformer(config)
   images = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
   rng = jax.random.key(0) if rng is None else rng
-  return nn.meta.unbox(model.init(rng, images)["params"])
+  return nn.meta.unbox(jax.jit(model.init)(rng, images)["params"])  # eager init is slow
 
 
 def param_shapes(config: VitConfig) -> dict:
