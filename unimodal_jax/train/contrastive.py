@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unimodal_jax.train import results as results_lib
 from unimodal_jax import checkpoints
 from unimodal_jax.data import images as images_lib
 from unimodal_jax.data import text_tokenizer
@@ -262,13 +263,6 @@ def _check_fields(config, known, name):
     raise ValueError(f"config.{name}: missing field(s) {missing}")
 
 
-def _write_json(path: str, value: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
-
-
 def run(config, workdir: str, *, log=print) -> dict:
   """Train as `config` says, evaluate zero-shot, write DIR/results.json and the checkpoint."""
   wall_start = time.time()
@@ -446,7 +440,7 @@ def run(config, workdir: str, *, log=print) -> dict:
       "tokenizer": sp_path,
       "checkpoint": ckpt_dir,
   }
-  _write_json(os.path.join(workdir, "results.json"), results)
+  results_lib.write_json(os.path.join(workdir, "results.json"), results)
   log(f"done in {results['seconds']['wall']:.0f}s (data {data_seconds:.0f}s, train "
       f"{train_seconds:.0f}s, eval {eval_seconds:.0f}s); results in "
       f"{os.path.join(workdir, 'results.json')}")

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unimodal_jax.train import results as results_lib
 from unimodal_jax import checkpoints, sharding
 from unimodal_jax.models.decoder import Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
@@ -35,13 +36,6 @@ class NonFiniteStop(RuntimeError):
 
 def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
-
-
-def _write_json(path: str, value: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def run(config, workdir: str, *, log=print) -> dict:
@@ -191,7 +185,7 @@ def run(config, workdir: str, *, log=print) -> dict:
       "num_processes": jax.process_count(),
   }
   if main:
-    _write_json(results_path, results)
+    results_lib.write_json(results_path, results)
   if stop_message:
     log(stop_message)
     raise NonFiniteStop(stop_message)

@@ -29,16 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unimodal_jax.train import results as results_lib
 from unimodal_jax import checkpoints
 from unimodal_jax.models import pixel_decoder as pdec
 from unimodal_jax.models import pixel_vq
 from unimodal_jax.models import vision_tokenizer as vt
-
-
-def _write_json(path, value):
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
 
 
 def _shapes_images(seed: int, count: int, size: int):
@@ -282,7 +277,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   }
   _save_grid(os.path.join(workdir, "samples.png"),
              [eval_images[:12], semantic_images[:12], baseline_images[:12]])
-  _write_json(os.path.join(workdir, "results.json"), results)
+  results_lib.write_json(os.path.join(workdir, "results.json"), results)
   log(json.dumps(results, indent=2))
   return results
 
