@@ -98,6 +98,26 @@ def test_text_dropout_for_classifier_free_guidance(sp, vocab):
   assert min(lengths) == 1 + 4  # BOS, start, 2 codes: the prompt is gone, the image stays
 
 
+def test_edit_instruction_dropout_keeps_the_image(sp, vocab):
+  """Editing's CFG branch: the instruction is dropped with p=text_dropout, the user's image and
+  the target image stay."""
+  doc = D.Document("e", "edit", [
+      D.Segment.of_image(_png(3), "user"), D.Segment.of_text("make it blue", "user"),
+      D.Segment.of_image_tokens([4, 5], "assistant")])
+  fmt = formatting.Formatter(sp, vocab, formatting.FormatConfig(**{**CFG.__dict__,
+                                                                  "text_dropout": 0.2}))
+  rng = np.random.default_rng(1)
+  examples = [fmt(doc, rng) for _ in range(1000)]
+  lengths = np.asarray([len(e["inputs"]) for e in examples])
+  short = lengths == lengths.min()
+  assert 0.16 < short.mean() < 0.24
+  assert lengths.max() - lengths.min() == len(sp.encode("make it blue"))
+  dropped = examples[int(np.argmax(short))]
+  assert len(dropped["images"]) == 1
+  assert list(dropped["targets"][dropped["target_mask"] == 1])[:3] == [
+      vocab.image_start, vocab.image_token(4), vocab.image_token(5)]
+
+
 def test_conversation_and_edit_target_only_assistant_turns(sp, vocab):
   doc = D.Document("d", "conversation", [
       D.Segment.of_image(_png(3), "user"), D.Segment.of_text("what is it", "user"),

@@ -359,6 +359,22 @@ def test_geneval_scorer_accepts_right_images_and_catches_wrong_ones():
   assert verdicts[True] >= 5 and verdicts[False] >= 5
 
 
+def test_geneval_scorer_rejects_noise_images():
+  """Noise is full of spurious blobs and would pass 'at least one triangle'-style rules; the
+  scene gate rejects it, while noisy renders of real scenes keep passing."""
+  rng = np.random.default_rng(5)
+  judge = shapes_judge
+  prompts = judge.geneval_prompts(3, 4)
+  for _ in range(5):
+    noise = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    assert not any(judge.score(p["spec"], noise) for p in prompts)
+  for p in prompts[:12]:
+    scene = judge.render_for_spec(p["spec"], rng, 64)
+    image = shapes.render(scene)
+    noisy = judge.degrade(image, "noise", 30, rng)
+    assert judge.looks_like_scene(image) and judge.looks_like_scene(noisy)
+
+
 def test_geneval_position_rule_follows_boxes():
   left = shapes.Obj("circle", "red", "small", 0.2, 0.5)
   right = shapes.Obj("square", "blue", "small", 0.8, 0.5)

@@ -20,6 +20,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from unimodal_jax import sharding
+from unimodal_jax.models import build
 from unimodal_jax.models.decoder import Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
 
@@ -129,9 +130,9 @@ def compile_train_step(config, mesh):
   from unimodal_jax.train.state import state_shardings
   from unimodal_jax.train.step import make_train_step
 
-  model_config = DecoderConfig.from_dict(config.model.to_dict())
+  model_config = build.config_from_dict(config.model.to_dict())
   config_checks.check_batch(config, mesh, process_count=1)
-  model = Decoder(model_config)
+  model = build.build(model_config)
   params = nn.meta.unbox(sharding.abstract_params(model, model_config))
   opt_cfg = config.optimizer.to_dict()
   tx, schedules = optimizer.build(opt_cfg, params, int(config.train.steps))
@@ -142,6 +143,12 @@ def compile_train_step(config, mesh):
   batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
            "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
            "target_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sh)}
+  if "images" in build.batch_inputs(model):
+    # Pixels of the images each row reads (data.format: max_images per row, image_size).
+    size = model_config.vision.image_size
+    max_images = int(config.data.format.max_images)
+    batch["images"] = jax.ShapeDtypeStruct((config.global_batch, max_images, size, size, 3),
+                                           jnp.uint8, sharding=batch_sh)
   step = jax.jit(
       make_train_step(model, tx, frozen, schedules,
                       grad_accum_steps=int(config.train.get("grad_accum_steps", 1)),
@@ -179,7 +186,7 @@ def report(compiled, *, topology: str, generation: str, num_chips: int, config: 
       "seq_len": seq_len,
       "compile_s": round(compile_s, 2),
   }
-  if config.scan_layers:
+  if build.llm_config(config).scan_layers:
     result["compiler_flops_note"] = ("layers are scanned: XLA's cost analysis counts the loop "
                                      "body once, so compiler_flops_per_step undercounts")
   return result
@@ -203,7 +210,7 @@ def compile_train_step_for_topology(experiment_config, topology: str) -> dict[st
   mesh = sharding.make_mesh(experiment_config.mesh.to_dict(), devices)
   start = time.time()
   compiled = compile_train_step(experiment_config, mesh)
-  model_config = DecoderConfig.from_dict(experiment_config.model.to_dict())
+  model_config = build.config_from_dict(experiment_config.model.to_dict())
   result = report(compiled, topology=topology, generation=generation, num_chips=len(devices),
                   config=model_config, global_batch=experiment_config.global_batch,
                   seq_len=experiment_config.seq_len, compile_s=time.time() - start)

@@ -14,6 +14,7 @@ Every task becomes one token sequence in the unified vocabulary (vocab.py):
       reconstruction BOS [image] [image*] EOS*                  (ILLUME stage 1)
       conversation   BOS system USER: ... ASSISTANT: answer* EOS* USER: ...
       edit           as conversation: the user's image is read, the assistant's image written
+                     (the instruction dropped with p=text_dropout, for CFG)
       interleaved    BOS text* [image] text* ... EOS*           (images read, text learned)
 The example holds inputs = sequence[:-1], targets = sequence[1:], so packing several examples in
 one row never predicts across their boundary.
@@ -131,6 +132,10 @@ class Formatter:
     self._text(seq, cfg.system_prompt, target=False)
     if not any(s.role == "assistant" for s in doc.segments):
       raise Skip(f"task {doc.task} has no assistant turn")
+    # Edits drop the instruction like text_to_image drops the caption (CFG's unconditional
+    # branch for editing: the user's image kept, the instruction masked).
+    drop_instruction = (doc.task == "edit" and rng is not None
+                        and rng.random() < self.config.text_dropout)
     for seg in doc.segments:
       if seg.role not in ("user", "assistant"):
         raise Skip(f"task {doc.task}: segment role {seg.role!r} (expected user/assistant)")
@@ -141,7 +146,8 @@ class Formatter:
         role = seg.role
       assistant = seg.role == "assistant"
       if seg.type == "text":
-        self._text(seq, seg.text, target=assistant)
+        if not (drop_instruction and not assistant):
+          self._text(seq, seg.text, target=assistant)
       elif assistant:
         self._write_image(seq, seg, where)
       else:

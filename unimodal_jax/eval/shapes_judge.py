@@ -299,9 +299,23 @@ def satisfied(spec: dict, objects: Sequence) -> bool:
   return bool(correct)
 
 
+MIN_BACKGROUND_FRACTION = 0.4  # a scene of this world is mostly background (objects <= ~45%)
+
+
+def looks_like_scene(image: np.ndarray) -> bool:
+  """Is this a picture of the world at all (a light background holding objects)? GenEval's
+  rules only ask for objects to be present, so without this gate a noise image full of
+  spurious detections would pass many prompts. Measured after a 3x3 box blur, so pixel noise
+  on a real scene does not count against it."""
+  blurred = ndimage.uniform_filter(image.astype(np.float32), size=(3, 3, 1))
+  near = np.linalg.norm(blurred - BACKGROUND, axis=-1) < FOREGROUND_DISTANCE
+  return bool(near.mean() >= MIN_BACKGROUND_FRACTION)
+
+
 def score(spec: dict, image: np.ndarray) -> bool:
-  """Does the image satisfy the prompt's spec (GenEval rules on detected objects)?"""
-  return satisfied(spec, detect(image))
+  """Does the image satisfy the prompt's spec (GenEval rules on detected objects)? An image
+  that does not look like a scene of the world satisfies nothing."""
+  return looks_like_scene(image) and satisfied(spec, detect(image))
 
 
 def _pick(rng: np.random.Generator, options: Sequence, count: int = 1) -> list:

@@ -82,9 +82,15 @@ def _sources(spec: dict, where: str):
       out.append(sources.from_world(
           name, lambda i, t=task, z=size, sd=seed: shapes.make_document(sd, i, t, size=z),
           int(s.get("count", 10_000))))
+    elif s.get("world") == "shapes_geneval":
+      from unimodal_jax.data.worlds import geneval
+      size, seed = int(s.get("size", 32)), int(s.get("seed", 0))
+      out.append(sources.from_world(
+          name, lambda i, z=size, sd=seed: geneval.make_document(sd, i, size=z),
+          int(s.get("count", 10_000))))
     else:
       raise ValueError(f"{where}.{name}: give 'path' (a shard directory) or 'world' "
-                       f"('digits' or 'shapes'), got {sorted(s)}")
+                       f"('digits', 'shapes' or 'shapes_geneval'), got {sorted(s)}")
   return out
 
 

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from unimodal_jax.train import results as results_lib
-from unimodal_jax import checkpoints, sharding
-from unimodal_jax.models.decoder import Decoder
-from unimodal_jax.models.decoder_config import DecoderConfig
-from unimodal_jax.train import config_checks, data_setup, losses, optimizer
+from unimodal_jax import sharding
+from unimodal_jax.models import build
+from unimodal_jax.train import config_checks, data_setup, initialization, losses, optimizer
 from unimodal_jax.train import metrics as metrics_lib
 from unimodal_jax.train.checkpointing import TrainCheckpointer
 from unimodal_jax.train.state import init_state, state_shardings
@@ -44,14 +43,14 @@ def run(config, workdir: str, *, log=print) -> dict:
   main = jax.process_index() == 0
   log = log if main else (lambda *a, **k: None)
   config_checks.check_fields(config)
-  model_config = DecoderConfig.from_dict(config.model.to_dict())
+  model_config = build.config_from_dict(config.model.to_dict())
   mesh = sharding.make_mesh(config.mesh.to_dict())
   config_checks.check_batch(config, mesh, jax.process_count())
   train_cfg = config.train
   total_steps = int(train_cfg.steps)
   os.makedirs(workdir, exist_ok=True)
 
-  model = Decoder(model_config)
+  model = build.build(model_config)
   abstract_params = nn.meta.unbox(sharding.abstract_params(model, model_config))
   opt_cfg = config.optimizer.to_dict()
   tx, schedules = optimizer.build(opt_cfg, abstract_params, total_steps)
@@ -73,13 +72,8 @@ def run(config, workdir: str, *, log=print) -> dict:
       train_iter.set_state(data_state)
     log(f"resumed from {checkpointer.directory} at step {latest}")
   else:
-    params = None
-    if train_cfg.get("init_from"):
-      _, params = checkpoints.load_pretrained(
-          train_cfg.init_from, mesh=mesh, config_overrides={
-              k: getattr(model_config, k) for k in ("param_dtype", "dtype", "logits_dtype",
-                                                    "scan_layers", "remat_policy")})
-      log(f"initialized params from {train_cfg.init_from}")
+    params = initialization.initial_params(config, model, model_config, abstract_params, mesh,
+                                           log)
     state = init_state(model, tx, int(train_cfg.seed), state_sh,
                        jnp.zeros((1, 8), jnp.int32), params=params)
 

@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unimodal_jax.models import build
 from unimodal_jax.train import losses
 from unimodal_jax.train.state import TrainState
 
 
-def _model_inputs(batch):
-  return {k: batch[k] for k in ("positions", "segment_ids") if k in batch}
+def _model_inputs(model, batch):
+  return {k: batch[k] for k in build.batch_inputs(model) if k in batch}
 
 
 def _microbatches(batch, n: int):
@@ -34,7 +35,7 @@ def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
   def sums_and_grads(params, batch, total_weight):
     def objective(p):
       p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
-      logits = model.apply({"params": p}, batch["inputs"], **_model_inputs(batch))
+      logits = model.apply({"params": p}, batch["inputs"], **_model_inputs(model, batch))
       sums = losses.loss_sums(logits, batch, z_loss_weight)
       return losses.objective(sums, total_weight, z_loss_weight), sums
     (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
@@ -86,6 +87,6 @@ def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
 def make_eval_step(model, z_loss_weight: float = 0.0):
   """eval_step(params, batch) -> loss sums (add them over batches, then losses.summarize)."""
   def eval_step(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], **_model_inputs(batch))
+    logits = model.apply({"params": params}, batch["inputs"], **_model_inputs(model, batch))
     return losses.loss_sums(logits, batch, z_loss_weight)
   return eval_step

@@ -18,6 +18,7 @@ DIR/pixel_decoder, with DIR/results.json and DIR/samples.png (rows: original, se
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -90,6 +91,21 @@ def _train(name, loss_fn, params, extra, data, cfg, log, seed):
 
 def _save(directory, tree, config_dict):
   checkpoints.save_pretrained(directory, tree, _ConfigDict(config_dict))
+
+
+def _load_phase(directory, config_dict, log):
+  """The tree a previous run saved in `directory` if it was trained with the same config
+  (the phase is then skipped: a killed run resumes at the first unfinished phase), else None."""
+  try:
+    checkpoints.latest_step(directory)
+  except FileNotFoundError:
+    return None
+  tree, stored = checkpoints.restore_params(directory)
+  if stored != json.loads(json.dumps(config_dict)):
+    log(f"{directory}: saved with another config; training it again")
+    return None
+  log(f"{os.path.basename(directory)}: reusing the one saved in {directory}")
+  return tree
 
 
 class _ConfigDict:
@@ -168,12 +184,16 @@ def run(config, workdir: str, *, log=print) -> dict:
     metrics = {"cosine": rec["cosine"], "usage": aux["usage"], "perplexity": aux["perplexity"]}
     return rec["loss"] + aux["loss"], (metrics, stats)
 
-  tok_params, tok_stats, tok_seconds = _train(
-      "tokenizer", tok_loss, variables["params"], variables.get("vq_stats", {}), (train_feats,),
-      config.tokenizer_train, log, seed=1)
-  tok_vars = {"params": tok_params, **({"vq_stats": tok_stats} if mutable else {})}
-  _save(os.path.join(workdir, "tokenizer"), tok_vars, {"kind": "semantic_tokenizer",
-                                                       **tok_cfg.__dict__})
+  tok_dir, tok_meta = os.path.join(workdir, "tokenizer"), {
+      "kind": "semantic_tokenizer", **dataclasses.asdict(tok_cfg),
+      "train": config.tokenizer_train.to_dict(), "data": config.data.to_dict()}
+  tok_vars, tok_seconds = _load_phase(tok_dir, tok_meta, log), 0.0
+  if tok_vars is None:
+    tok_params, tok_stats, tok_seconds = _train(
+        "tokenizer", tok_loss, variables["params"], variables.get("vq_stats", {}),
+        (train_feats,), config.tokenizer_train, log, seed=1)
+    tok_vars = {"params": tok_params, **({"vq_stats": tok_stats} if mutable else {})}
+    _save(tok_dir, tok_vars, tok_meta)
 
   @jax.jit
   def encode(feats):
@@ -201,12 +221,69 @@ def run(config, workdir: str, *, log=print) -> dict:
     images, cond = batch
     return pdec.flow_matching_loss(decoder, params, images, cond, rng), ({}, extra)
 
-  pd_params, _, pd_seconds = _train("pixel_decoder", pd_loss, pd_params, {},
-                                    (train_images, train_cond), config.pixel_train, log, seed=2)
-  _save(os.path.join(workdir, "pixel_decoder"), pd_params, {"kind": "pixel_decoder",
-                                                            **pd_cfg.__dict__})
+  pd_dir, pd_meta = os.path.join(workdir, "pixel_decoder"), {
+      "kind": "pixel_decoder", **dataclasses.asdict(pd_cfg), "tokenizer": tok_meta,
+      "train": config.pixel_train.to_dict()}
+  loaded, pd_seconds = _load_phase(pd_dir, pd_meta, log), 0.0
+  if loaded is None:
+    pd_params, _, pd_seconds = _train("pixel_decoder", pd_loss, pd_params, {},
+                                      (train_images, train_cond), config.pixel_train, log, seed=2)
+    _save(pd_dir, pd_params, pd_meta)
+  else:
+    pd_params = loaded
 
-  # 4. Baseline: pixel-reconstruction VQ.
+  # 4. Baseline: pixel-reconstruction VQ (off when baseline_train.steps is 0).
+  baseline_result = (_train_baseline(config, size, train_images, eval_images, log)
+                     if int(config.baseline_train.steps) > 0 else None)
+
+  # 5. Evaluation on held-out scenes.
+  from unimodal_jax.data.worlds import shapes
+  from unimodal_jax.eval import shapes_judge
+  eval_ids = np.asarray(encode(jnp.asarray(eval_feats)))
+  eval_cond = recon_features(eval_feats)
+  cosine = float(vt.feature_reconstruction_loss(jnp.asarray(eval_cond), jnp.asarray(eval_feats),
+                                                tok_cfg)["cosine"])
+  counts = np.bincount(eval_ids.ravel(), minlength=tok_cfg.codebook_size) / eval_ids.size
+  nz = counts[counts > 0]
+  semantic_images = np.concatenate([
+      np.asarray(pdec.sample(decoder, pd_params, jnp.asarray(eval_cond[i:i + 64]),
+                             jax.random.key(100 + i), steps=int(config.sample.steps),
+                             guidance=float(config.sample.guidance)))
+      for i in range(0, len(eval_cond), 64)])
+
+  def judge(images):
+    hits = [shapes_judge.same_objects(shapes_judge.detect(im),
+                                      shapes.scene_from_description(sc).objects)
+            for im, sc in zip(images, eval_scenes)]
+    return float(np.mean(hits))
+
+  results = {
+      "semantic_tokenizer": {
+          "feature_cosine": cosine,
+          "codebook_usage": float(len(nz) / tok_cfg.codebook_size),
+          "perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
+          "judge_same_objects": judge(semantic_images),
+          "tokens_per_image": int(eval_ids.shape[1]),
+          "train_seconds": tok_seconds, "pixel_decoder_seconds": pd_seconds,
+      },
+      "originals_judge_same_objects": judge(eval_images),
+      "eval_scenes": len(eval_images),
+      "wall_time_s": time.time() - wall,
+  }
+  rows = [eval_images[:12], semantic_images[:12]]
+  if baseline_result is not None:
+    baseline_images, results["pixel_vq_baseline"] = baseline_result
+    results["pixel_vq_baseline"]["judge_same_objects"] = judge(baseline_images)
+    rows.append(baseline_images[:12])
+  _save_grid(os.path.join(workdir, "samples.png"), rows)
+  results_lib.write_json(os.path.join(workdir, "results.json"), results)
+  log(json.dumps(results, indent=2))
+  return results
+
+
+def _train_baseline(config, size, train_images, eval_images, log):
+  """The pixel-reconstruction VQ tokenizer on the same images: (its held-out reconstructions,
+  its figures)."""
   base_cfg = pixel_vq.PixelVQConfig(image_size=size, **config.baseline.to_dict())
   baseline = pixel_vq.PixelVQTokenizer(base_cfg)
   bvars = nn.meta.unbox(baseline.init(jax.random.key(2), jnp.zeros((1, size, size, 3))))
@@ -229,57 +306,13 @@ def run(config, workdir: str, *, log=print) -> dict:
                                         bvars.get("vq_stats", {}), (train_images,),
                                         config.baseline_train, log, seed=3)
   b_vars = {"params": b_params, **({"vq_stats": b_stats} if b_mutable else {})}
-
-  # 5. Evaluation on held-out scenes.
-  from unimodal_jax.data.worlds import shapes
-  from unimodal_jax.eval import shapes_judge
-  eval_ids = np.asarray(encode(jnp.asarray(eval_feats)))
-  eval_cond = recon_features(eval_feats)
-  cosine = float(vt.feature_reconstruction_loss(jnp.asarray(eval_cond), jnp.asarray(eval_feats),
-                                                tok_cfg)["cosine"])
-  counts = np.bincount(eval_ids.ravel(), minlength=tok_cfg.codebook_size) / eval_ids.size
-  nz = counts[counts > 0]
-  semantic_images = np.concatenate([
-      np.asarray(pdec.sample(decoder, pd_params, jnp.asarray(eval_cond[i:i + 64]),
-                             jax.random.key(100 + i), steps=int(config.sample.steps),
-                             guidance=float(config.sample.guidance)))
-      for i in range(0, len(eval_cond), 64)])
-  baseline_images = np.asarray(pdec.to_uint8(jax.jit(lambda x: baseline.apply(
-      b_vars, x, train=False)[0])(pdec.to_unit_range(jnp.asarray(eval_images)))))
-  b_ids = np.asarray(jax.jit(lambda x: baseline.apply(
-      b_vars, x, method=pixel_vq.PixelVQTokenizer.encode))(pdec.to_unit_range(
-          jnp.asarray(eval_images))))
-
-  def judge(images):
-    hits = [shapes_judge.same_objects(shapes_judge.detect(im),
-                                      shapes.scene_from_description(sc).objects)
-            for im, sc in zip(images, eval_scenes)]
-    return float(np.mean(hits))
-
-  results = {
-      "semantic_tokenizer": {
-          "feature_cosine": cosine,
-          "codebook_usage": float(len(nz) / tok_cfg.codebook_size),
-          "perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
-          "judge_same_objects": judge(semantic_images),
-          "tokens_per_image": int(eval_ids.shape[1]),
-          "train_seconds": tok_seconds, "pixel_decoder_seconds": pd_seconds,
-      },
-      "pixel_vq_baseline": {
-          "judge_same_objects": judge(baseline_images),
-          "codebook_usage": float(len(np.unique(b_ids)) / base_cfg.codebook_size),
-          "tokens_per_image": int(b_ids.shape[1]),
-          "train_seconds": b_seconds,
-      },
-      "originals_judge_same_objects": judge(eval_images),
-      "eval_scenes": len(eval_images),
-      "wall_time_s": time.time() - wall,
-  }
-  _save_grid(os.path.join(workdir, "samples.png"),
-             [eval_images[:12], semantic_images[:12], baseline_images[:12]])
-  results_lib.write_json(os.path.join(workdir, "results.json"), results)
-  log(json.dumps(results, indent=2))
-  return results
+  x_eval = pdec.to_unit_range(jnp.asarray(eval_images))
+  images = np.asarray(pdec.to_uint8(jax.jit(lambda x: baseline.apply(
+      b_vars, x, train=False)[0])(x_eval)))
+  ids = np.asarray(jax.jit(lambda x: baseline.apply(
+      b_vars, x, method=pixel_vq.PixelVQTokenizer.encode))(x_eval))
+  return images, {"codebook_usage": float(len(np.unique(ids)) / base_cfg.codebook_size),
+                  "tokens_per_image": int(ids.shape[1]), "train_seconds": b_seconds}
 
 
 def _save_grid(path, rows):

@@ -1,0 +1,77 @@
+"""ILLUME end to end on the shapes world, on a 2-core CPU: the main job.
+
+    python -m unimodal_jax.pipeline --config=experiments/tiny/illume_shapes.py --workdir=DIR
+
+Phases (each saved as it finishes; a rerun after a kill resumes at the first unfinished one):
+  tokenizer   a small CLIP (the semantic encoder), the semantic VQ tokenizer on its patch
+              features, and the diffusion pixel decoder (experiments/tiny/tokenizer_shapes.py)
+  data        documents of the shapes world with every image the model writes pre-tokenized
+              into codes (ArrayRecord shards in DIR/data)
+  stage1..3   ILLUME Table 5 with tiny learning rates: stage 1 trains the adapter and the image
+              codes' embedding/head (LLM and encoder frozen) on captions + image reconstruction;
+              stage 2 adds the LLM on captions, text-to-image and questions; stage 3 trains
+              everything (encoder included) on questions, GenEval-style prompts and edits
+  eval        held-out scenes: POPE-style existence accuracy per split, counting/color/position
+              VQA accuracy, GenEval-style generation scores by the judge, edit success; writes
+              DIR/results.md, DIR/results.json and DIR/samples.png
+`:micro` runs every phase in a few seconds each (for tests; its figures mean nothing).
+"""
+import os
+
+import ml_collections
+
+from experiments.tiny import tokenizer_shapes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _stage(steps, batch, learning_rates, sources, warmup):
+  return dict(steps=steps, batch=batch, learning_rates=learning_rates, sources=sources,
+              warmup_steps=warmup)
+
+
+def get_config(arg=None):
+  if arg not in (None, "", "micro"):
+    raise ValueError(f"experiments/tiny/illume_shapes.py: unknown variant {arg!r}")
+  micro = arg == "micro"
+  c = ml_collections.ConfigDict()
+  c.tokenizer = tokenizer_shapes.get_config("micro" if micro else None)
+  c.tokenizer.baseline_train.steps = 0  # the pixel-VQ baseline is tokenizer_shapes.py's business
+  size = int(c.tokenizer.data.image_size)
+
+  # The LLM (the vision tower and codebook come from the tokenizer phase).
+  c.llm = dict(hidden_size=64 if micro else 192, intermediate_size=128 if micro else 512,
+               num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
+               head_dim=16 if micro else 48, max_seq_len=256, attention_impl="xla")
+  c.adapter_hidden = 0
+  c.text_vocab_size = 320  # the world's texts allow at most about 360 pieces
+  c.seq_len = 96 if micro else 128
+  c.format = dict(image_size=size, max_images=4 if micro else 6, text_dropout=0.1)
+
+  # Documents per task (train seed 0; held-out seed 1 for evaluation).
+  n = (lambda full: 40) if micro else (lambda full: full)
+  c.data = dict(image_size=size, train_seed=0, eval_seed=1, counts=dict(
+      caption=n(12000), reconstruction=n(6000), text_to_image=n(12000), geneval=n(12000),
+      conversation=n(24000), edit=n(8000)))
+
+  lr = lambda x: x
+  c.stages = {
+      "stage1": _stage(20 if micro else 150, 8 if micro else 32,
+                       {"adapter": lr(3e-3), "vision_embed_head": lr(3e-3)},
+                       {"caption": 1.0, "reconstruction": 1.0}, 5 if micro else 20),
+      "stage2": _stage(20 if micro else 900, 8 if micro else 32,
+                       {"adapter": 2e-3, "llm": 2e-3, "vision_embed_head": 2e-3},
+                       {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
+                        "conversation": 2.0, "reconstruction": 0.5}, 5 if micro else 50),
+      "stage3": _stage(20 if micro else 500, 8 if micro else 32,
+                       {"vision_encoder": 1e-4, "llm": 1e-3, "adapter": 1e-3,
+                        "vision_embed_head": 1e-3},
+                       {"conversation": 2.0, "geneval": 1.5, "text_to_image": 0.5, "edit": 1.0,
+                        "caption": 0.5}, 5 if micro else 30),
+  }
+  c.eval = dict(pope_per_style=6 if micro else 100, vqa_per_kind=6 if micro else 100,
+                geneval_per_category=2 if micro else 20, edits=4 if micro else 60,
+                image_temperature=1.0, image_top_k=64, guidance=2.0,
+                pixel_steps=int(c.tokenizer.sample.steps), pixel_guidance=float(
+                    c.tokenizer.sample.guidance), batch=32, samples=8)
+  return c

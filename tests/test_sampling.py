@@ -1,0 +1,181 @@
+"""sampling.py against full recomputation: KV-cache decoding, CFG, the image-vocabulary
+restriction, masked prompts, top-k/top-p filtering and stop tokens."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unimodal_jax import sampling
+from unimodal_jax.models import illume, vit
+from unimodal_jax.models.decoder import Decoder
+from unimodal_jax.models.decoder_config import DecoderConfig
+
+LLM = DecoderConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=2,
+                    num_heads=4, num_kv_heads=2, attention_impl="xla")
+VISION = vit.VitConfig(image_size=8, patch_size=4, hidden_size=16, intermediate_size=32,
+                       num_layers=1, num_heads=2)
+ILLUME = illume.IllumeConfig(llm=LLM, vision=VISION, image_codes=12)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+  model = Decoder(LLM)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+  return model, jax.tree.map(lambda x: x * 8.0, params["params"])  # sharper distributions
+
+
+@pytest.fixture(scope="module")
+def unified():
+  model = illume.Illume(ILLUME)
+  params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"]
+  return model, nn.meta.unbox(params)
+
+
+def _full_logits(model, params, seq, images=None):
+  """Logits of the last token of each (unpadded) sequence, by a full forward pass."""
+  out = []
+  for i, s in enumerate(seq):
+    kw = {} if images is None else {"images": images[i:i + 1]}
+    out.append(model.apply({"params": params}, jnp.asarray([s], jnp.int32), **kw)[0, -1])
+  return jnp.stack(out)
+
+
+def test_greedy_text_with_cache_equals_full_recomputation(decoder):
+  model, params = decoder
+  prompts = [[1, 5, 7, 9, 2], [3, 4], [8, 8, 8]]  # different lengths: left padding
+  tokens, mask = sampling.left_pad(prompts)
+  cfg = sampling.SamplingConfig(max_new_tokens=6, temperature=0.0)
+  out = np.asarray(sampling.generate_text(model, params, jnp.asarray(tokens), jnp.asarray(mask),
+                                          jax.random.key(0), cfg))
+  seqs = [list(p) for p in prompts]
+  for step in range(6):
+    nxt = np.asarray(jnp.argmax(_full_logits(model, params, seqs), -1))
+    np.testing.assert_array_equal(out[:, step], nxt, err_msg=f"step {step}")
+    for s, t in zip(seqs, nxt):
+      s.append(int(t))
+
+
+def test_masked_prompt_tokens_are_absent(decoder):
+  """A token with mask 0 in the middle of a prompt changes nothing: the row equals the prompt
+  without it (positions and attention both skip it); this is CFG's unconditional branch."""
+  model, params = decoder
+  tokens = jnp.asarray([[1, 5, 7, 9, 2]], jnp.int32)
+  mask = jnp.asarray([[1, 0, 0, 1, 1]], jnp.int32)
+  logits, _, pos = sampling.prefill(model, params, tokens, mask, 8)
+  expect = _full_logits(model, params, [[1, 9, 2]])
+  np.testing.assert_allclose(logits, expect, atol=1e-5)
+  assert int(pos[0]) == 3
+
+
+def test_stop_tokens_end_a_row(decoder):
+  model, params = decoder
+  tokens, mask = sampling.left_pad([[1, 5, 7], [3, 4, 6]])
+  free = np.asarray(sampling.generate_text(
+      model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+      sampling.SamplingConfig(max_new_tokens=5, temperature=0.0)))
+  stop = int(free[0, 1])  # row 0's second token becomes a stop token
+  out = np.asarray(sampling.generate_text(
+      model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+      sampling.SamplingConfig(max_new_tokens=5, temperature=0.0, stop_tokens=(stop,),
+                              pad_id=23)))
+  first = list(out[0]).index(stop)
+  assert first <= 1 and all(t == 23 for t in out[0, first + 1:])
+  row1 = list(free[1])
+  k = row1.index(stop) if stop in row1 else 5
+  np.testing.assert_array_equal(out[1, :k + 1], free[1, :k + 1])
+
+
+def test_filter_logits_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(5, 30)).astype(np.float32) * 3
+  for top_k, top_p in [(4, 1.0), (0, 0.7), (10, 0.5), (0, 0.01)]:
+    got = np.asarray(sampling.filter_logits(jnp.asarray(logits), top_k, top_p))
+    for row, g in zip(logits, got):
+      keep = np.ones(30, bool)
+      if top_k:
+        keep &= row >= np.sort(row)[-top_k]
+      order = np.argsort(-np.where(keep, row, -np.inf))
+      p = np.exp(row[order] - row[order].max()) * keep[order]
+      p /= p.sum()
+      before = np.cumsum(p) - p
+      nucleus = np.zeros(30, bool)
+      nucleus[order[before < top_p]] = True
+      np.testing.assert_array_equal(np.isfinite(g), keep & nucleus)
+
+
+def test_sampling_respects_top_k_and_seed(decoder):
+  model, params = decoder
+  tokens, mask = sampling.left_pad([[1, 5, 7], [3, 4, 6]])
+  cfg = sampling.SamplingConfig(max_new_tokens=4, temperature=1.0, top_k=1)
+  greedy = sampling.SamplingConfig(max_new_tokens=4, temperature=0.0)
+  args = (model, params, jnp.asarray(tokens), jnp.asarray(mask))
+  np.testing.assert_array_equal(sampling.generate_text(*args, jax.random.key(3), cfg),
+                                sampling.generate_text(*args, jax.random.key(0), greedy))
+  hot = sampling.SamplingConfig(max_new_tokens=8, temperature=5.0)
+  a = sampling.generate_text(*args, jax.random.key(1), hot)
+  np.testing.assert_array_equal(a, sampling.generate_text(*args, jax.random.key(1), hot))
+  assert not np.array_equal(a, sampling.generate_text(*args, jax.random.key(2), hot))
+
+
+def test_guided_logits_identities():
+  cond, uncond = jnp.asarray([1.0, 3.0, -2.0]), jnp.asarray([0.5, -1.0, 2.0])
+  np.testing.assert_allclose(sampling.guided_logits(cond, uncond, 1.0), cond)
+  np.testing.assert_allclose(sampling.guided_logits(cond, uncond, 0.0), uncond)
+  np.testing.assert_allclose(sampling.guided_logits(cond, uncond, 3.0),
+                             uncond + 3.0 * (cond - uncond))
+
+
+def test_image_generation_cfg_and_restriction_equal_full_recomputation(unified):
+  """Greedy image tokens with guidance 2.5: every step equals the argmax over image ids of the
+  guided logits of two full forward passes (prompt with and without its caption)."""
+  model, params = unified
+  vocab = ILLUME.vocab
+  images = jax.random.randint(jax.random.key(2), (2, 1, 8, 8, 3), 0, 256).astype(jnp.uint8)
+  read = [vocab.image_start] + [vocab.image_patch] * ILLUME.tokens_per_image + [vocab.image_end]
+  caption = [[5, 6, 7], [9, 4, 11]]
+  prompts = [[vocab.bos_id] + read + c + [vocab.image_start] for c in caption]
+  tokens, mask = sampling.left_pad(prompts)
+  uncond = mask.copy()
+  uncond[:, -4:-1] = 0  # the caption masked
+  n = 5
+  codes = np.asarray(sampling.generate_image(
+      model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+      tokens_per_image=n, image_offset=ILLUME.image_offset, image_codes=ILLUME.image_codes,
+      guidance=2.5, uncond_mask=jnp.asarray(uncond), temperature=0.0, images=images))
+  assert codes.shape == (2, n)
+  cond_seq = [list(p) for p in prompts]
+  uncond_seq = [[vocab.bos_id] + read + [vocab.image_start] for _ in prompts]
+  for step in range(n):
+    lc = _full_logits(model, params, cond_seq, images)
+    lu = _full_logits(model, params, uncond_seq, images)
+    guided = sampling.guided_logits(lc, lu, 2.5)[:, ILLUME.image_offset:]
+    np.testing.assert_array_equal(codes[:, step], np.asarray(jnp.argmax(guided, -1)))
+    for a, b, c in zip(cond_seq, uncond_seq, codes[:, step]):
+      a.append(int(c) + ILLUME.image_offset)
+      b.append(int(c) + ILLUME.image_offset)
+
+
+def test_image_tokens_stay_in_the_image_vocabulary(unified):
+  """Even when the model prefers text ids by far, the image steps emit only codes."""
+  model, params = unified
+  params = jax.tree.map(lambda x: x, params)  # a copy to edit
+  params["vision_head"]["kernel"] = jnp.zeros_like(params["vision_head"]["kernel"])
+  params["llm"]["lm_head"]["kernel"] = params["llm"]["lm_head"]["kernel"] * 100
+  vocab = ILLUME.vocab
+  tokens, mask = sampling.left_pad([[vocab.bos_id, 5, vocab.image_start]] * 3)
+  codes = np.asarray(sampling.generate_image(
+      model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+      tokens_per_image=7, image_offset=ILLUME.image_offset, image_codes=ILLUME.image_codes,
+      temperature=1.0, top_k=3))
+  assert codes.shape == (3, 7)
+  assert codes.min() >= 0 and codes.max() < ILLUME.image_codes
+
+
+def test_bad_settings_are_named():
+  with pytest.raises(ValueError, match="top_p"):
+    sampling.SamplingConfig(top_p=0.0)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    sampling.SamplingConfig(max_new_tokens=0)
+  with pytest.raises(ValueError, match="exceeds length"):
+    sampling.left_pad([[1, 2, 3]], length=2)

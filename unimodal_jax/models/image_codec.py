@@ -1,0 +1,103 @@
+"""A trained semantic tokenizer with its encoder and pixel decoder, as two functions on images:
+
+    codec = ImageCodec.load(DIR)      # a `python -m unimodal_jax.train.tokenizer` workdir
+    ids = codec.tokenize(images)      # uint8 [N, S, S, 3] -> int32 [N, tokens_per_image]
+    images = codec.detokenize(ids, rng, steps=32, guidance=2.0)   # -> uint8 [N, S, S, 3]
+
+tokenize = CLIP vision tower -> patch features -> VQ ids; detokenize = ids -> codebook ->
+feature decoder -> reconstructed features -> diffusion pixel decoder (ILLUME's path from the
+LLM's image tokens to pixels). Also exposes the CLIP vision tower's config and params, which the
+ILLUME model reads images with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unimodal_jax import checkpoints
+from unimodal_jax.models import clip as clip_lib
+from unimodal_jax.models import pixel_decoder as pdec
+from unimodal_jax.models import vision_tokenizer as vt
+from unimodal_jax.models import vit
+
+_TOKENIZER_FIELDS = {f.name for f in dataclasses.fields(vt.SemanticTokenizerConfig)}
+_PIXEL_FIELDS = {f.name for f in dataclasses.fields(pdec.PixelDecoderConfig)}
+
+
+@dataclasses.dataclass
+class ImageCodec:
+  vision_config: vit.VitConfig
+  vision_params: Any
+  tokenizer_config: vt.SemanticTokenizerConfig
+  tokenizer_variables: Any
+  pixel_config: pdec.PixelDecoderConfig
+  pixel_params: Any
+
+  @classmethod
+  def load(cls, workdir: str, clip_workdir: str = "") -> "ImageCodec":
+    clip_dir = clip_workdir or os.path.join(workdir, "clip")
+    for d in (clip_dir, os.path.join(workdir, "tokenizer"), os.path.join(workdir, "pixel_decoder")):
+      if not os.path.isdir(d):
+        raise FileNotFoundError(f"{d}: missing; run python -m unimodal_jax.train.tokenizer "
+                                f"--workdir={workdir} first")
+    clip_params, clip_cfg = checkpoints.restore_params(clip_dir)
+    clip_cfg = clip_lib.ClipConfig.from_dict(clip_cfg)
+    tok_vars, tok_meta = checkpoints.restore_params(os.path.join(workdir, "tokenizer"))
+    tok_cfg = vt.SemanticTokenizerConfig(**{k: v for k, v in tok_meta.items()
+                                            if k in _TOKENIZER_FIELDS})
+    pd_params, pd_meta = checkpoints.restore_params(os.path.join(workdir, "pixel_decoder"))
+    pd_cfg = pdec.PixelDecoderConfig(**{k: v for k, v in pd_meta.items() if k in _PIXEL_FIELDS})
+    return cls(clip_cfg.vision, clip_params["vision"], tok_cfg, tok_vars, pd_cfg, pd_params)
+
+  @property
+  def tokens_per_image(self) -> int:
+    return self.tokenizer_config.num_tokens
+
+  @property
+  def codebook_size(self) -> int:
+    return self.tokenizer_config.codebook_size
+
+  @property
+  def image_size(self) -> int:
+    return self.vision_config.image_size
+
+  def _features(self, images):
+    out = vit.VisionTransformer(self.vision_config).apply({"params": self.vision_params},
+                                                          vit.normalize(images))
+    return out.last_hidden_state[:, int(self.vision_config.class_token):].astype(jnp.float32)
+
+  def tokenize(self, images, batch: int = 256) -> np.ndarray:
+    tokenizer = vt.SemanticTokenizer(self.tokenizer_config)
+
+    @jax.jit
+    def encode(x):
+      return tokenizer.apply(self.tokenizer_variables, self._features(x),
+                             method=vt.SemanticTokenizer.encode)
+
+    images = np.asarray(images)
+    return np.concatenate([np.asarray(encode(jnp.asarray(images[i:i + batch])))
+                           for i in range(0, len(images), batch)]).astype(np.int32)
+
+  def decode_features(self, ids):
+    tokenizer = vt.SemanticTokenizer(self.tokenizer_config)
+    return tokenizer.apply(self.tokenizer_variables, jnp.asarray(ids),
+                           method=vt.SemanticTokenizer.decode_features)
+
+  def detokenize(self, ids, rng, *, steps: int = 32, guidance: float = 2.0,
+                 batch: int = 64) -> np.ndarray:
+    decoder = pdec.PixelDecoder(self.pixel_config)
+    decode = jax.jit(self.decode_features)
+    ids = np.asarray(ids)
+    out = []
+    for i in range(0, len(ids), batch):
+      cond = decode(jnp.asarray(ids[i:i + batch]))
+      out.append(np.asarray(pdec.sample(decoder, self.pixel_params, cond,
+                                        jax.random.fold_in(rng, i), steps=steps,
+                                        guidance=guidance)))
+    return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3),
+                                                    np.uint8)

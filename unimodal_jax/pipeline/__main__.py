@@ -1,0 +1,31 @@
+"""Run a whole recipe: semantic encoder, tokenizer, pre-tokenized data, ILLUME stages 1-3 and the
+evaluation, resumable after a kill at any phase.
+
+    python -m unimodal_jax.pipeline --config=experiments/tiny/illume_shapes.py --workdir=DIR
+
+Writes DIR/results.md, DIR/results.json and DIR/samples.png (see the config's docstring).
+"""
+import os
+import sys
+
+
+def main(argv):
+  from absl import flags, logging
+  from unimodal_jax.pipeline import recipe
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  recipe.run(_CONFIG.value, _WORKDIR.value, log=lambda *a: print(*a, flush=True))
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  sys.path.insert(0, os.getcwd())  # configs import experiments.* from the repository root
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "recipe config file, e.g. "
+                                            "experiments/tiny/illume_shapes.py")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (rerun to resume)")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

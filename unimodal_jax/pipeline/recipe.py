@@ -1,0 +1,249 @@
+"""The ILLUME recipe as resumable phases in one workdir (experiments/tiny/illume_shapes.py):
+
+    DIR/tokenizer/        CLIP + semantic tokenizer + pixel decoder (train/tokenizer.py)
+    DIR/data/             spm.model and one pre-tokenized shard directory per task
+    DIR/stage1..3/        ILLUME training runs (train/loop.py workdirs)
+    DIR/results.{md,json} DIR/samples.png
+    DIR/phases.json       each finished phase with its wall time and figures
+
+A phase is skipped when phases.json records it as finished with the same config; a killed
+phase restarts (training phases resume from their last checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ml_collections
+
+from unimodal_jax.train import results as results_lib
+
+PHASES = ("tokenizer", "data", "stage1", "stage2", "stage3", "eval")
+
+
+class Progress:
+  """One display across phases: a header per phase with the overall position and elapsed
+  time, and every log line of the phase prefixed with its name."""
+
+  def __init__(self, total: int, log=print):
+    self.total, self.log, self.start = total, log, time.time()
+
+  def elapsed(self) -> str:
+    s = int(time.time() - self.start)
+    return f"{s // 60}m{s % 60:02d}s"
+
+  def phase(self, index: int, name: str, note: str = ""):
+    self.log(f"=== [{index}/{self.total}] {name}{' ' + note if note else ''} "
+             f"(elapsed {self.elapsed()})")
+    return lambda msg, *a, **k: self.log(f"[{index}/{self.total} {name}] {msg}")
+
+
+def _load_phases(workdir):
+  path = os.path.join(workdir, "phases.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {}
+
+
+def _fingerprint(obj) -> str:
+  return json.dumps(obj, sort_keys=True, default=str)
+
+
+def _texts_for_tokenizer(config):
+  """Every kind of text the tasks contain (captions, questions, answers, instructions, prompts)."""
+  from unimodal_jax.data.worlds import geneval, shapes
+  size = int(config.data.image_size)
+  texts = []
+  for task in ("caption", "conversation", "edit"):
+    for i in range(1500):
+      doc = shapes.make_document(0, i, task, size=size)
+      texts += [s.text for s in doc.segments if s.type == "text" and s.text]
+  for i in range(600):
+    texts += [s.text for s in geneval.make_document(0, i, size=size).segments
+              if s.type == "text"]
+  return texts + ["USER:", "ASSISTANT:"]
+
+
+def model_dict(config, codec, text_vocab_size: int) -> dict:
+  """The ILLUME model config: the LLM from the config, the vision tower and codebook from the
+  trained tokenizer, the vocabulary from the sentencepiece model."""
+  from unimodal_jax.data.vocab import SPECIALS
+  llm = dict(config.llm.to_dict())
+  llm.update(vocab_size=text_vocab_size + len(SPECIALS), rope_theta=10000.0, rms_norm_eps=1e-6,
+             param_dtype="float32", dtype="float32", logits_dtype="float32",
+             scan_layers=False, remat_policy="none", family="llama")
+  return {"kind": "illume", "llm": llm, "vision": codec.vision_config.to_dict(),
+          "image_codes": codec.codebook_size, "adapter_hidden": int(config.adapter_hidden),
+          "feature_layer": -1}
+
+
+def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: str,
+                 tokens_per_image: int, init: dict) -> ml_collections.ConfigDict:
+  """A train/loop.py config for one stage: Table 5's frozen parts, the stage's tiny LRs."""
+  from experiments.illume import table5
+  st = config.stages[name]
+  stage = int(name[-1])
+  c = ml_collections.ConfigDict()
+  c.model = model
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.global_batch = int(st.batch)
+  c.seq_len = int(config.seq_len)
+  c.data = dict(
+      kind="documents", tokenizer=tokenizer_path, vocab_size=int(config.text_vocab_size),
+      image_codes=int(model["image_codes"]), num_workers=0, strict=True, cache_dir="",
+      sources={task: {"path": os.path.join(data_dir, task), "weight": float(w)}
+               for task, w in st.sources.items()},
+      format=dict(config.format.to_dict(), tokens_per_image=tokens_per_image))
+  steps = int(st.steps)
+  c.train = dict(steps=steps, seed=stage, grad_accum_steps=1, z_loss_weight=0.0,
+                 log_every=max(1, steps // 6), eval_every=steps, eval_batches=0,
+                 checkpoint_every=max(1, steps // 3), keep_checkpoints=1,
+                 async_checkpointing=False, max_consecutive_nonfinite=5,
+                 init_from=init.get("init_from", ""), init_parts=init.get("init_parts", {}),
+                 peak_flops_per_device=0.0)
+  c.optimizer = dict(learning_rate=0.0, warmup_steps=int(st.warmup_steps), schedule="cosine",
+                     end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
+                     clip_grad_norm=1.0,
+                     groups=table5.optimizer_groups(stage,
+                                                    learning_rates=st.learning_rates.to_dict()))
+  return c
+
+
+def run(config, workdir: str, *, log=print) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  done = _load_phases(workdir)
+  progress = Progress(len(PHASES), log)
+  wall = time.time()
+
+  def finish(name, figures, started, fingerprint):
+    done[name] = {"seconds": round(time.time() - started, 1), "config": fingerprint,
+                  "figures": figures}
+    results_lib.write_json(os.path.join(workdir, "phases.json"), done)
+
+  def skip(index, name, fingerprint):
+    if name in done and done[name]["config"] == fingerprint:
+      progress.phase(index, name, f"done earlier in {done[name]['seconds']:.0f}s; skipped")
+      return True
+    return False
+
+  # 1. Tokenizer: CLIP, semantic VQ, pixel decoder.
+  tok_dir = os.path.join(workdir, "tokenizer")
+  fp = _fingerprint(config.tokenizer.to_dict())
+  if not skip(1, "tokenizer", fp):
+    lg, t0 = progress.phase(1, "tokenizer"), time.time()
+    from unimodal_jax.train import tokenizer as tokenizer_lib
+    figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
+    finish("tokenizer", figures, t0, fp)
+  from unimodal_jax.models.image_codec import ImageCodec
+  codec = ImageCodec.load(tok_dir, config.tokenizer.encoder.clip_workdir)
+
+  # 2. Pre-tokenized data and the text tokenizer.
+  data_dir = os.path.join(workdir, "data")
+  spm_path = os.path.join(data_dir, "spm.model")
+  fp = _fingerprint([config.data.to_dict(), config.text_vocab_size, done["tokenizer"]["config"]])
+  if not skip(2, "data", fp):
+    lg, t0 = progress.phase(2, "data"), time.time()
+    from unimodal_jax.data import text_tokenizer
+    from unimodal_jax.pipeline import pretokenize
+    os.makedirs(data_dir, exist_ok=True)
+    text_tokenizer.train_sentencepiece(_texts_for_tokenizer(config), spm_path,
+                                       int(config.text_vocab_size))
+    counts = {}
+    for task, count in config.data.counts.items():
+      counts[task] = pretokenize.write_task(os.path.join(data_dir, task), task,
+                                            int(config.data.train_seed), int(count),
+                                            int(config.data.image_size), codec.tokenize, log=lg)
+    finish("data", counts, t0, fp)
+
+  # 3-5. ILLUME stages 1-3.
+  from unimodal_jax.data import text_tokenizer
+  sp = text_tokenizer.load(spm_path)
+  model = model_dict(config, codec, sp.get_piece_size())
+  clip_dir = config.tokenizer.encoder.clip_workdir or os.path.join(tok_dir, "clip")
+  previous = None
+  for k, name in enumerate(("stage1", "stage2", "stage3"), start=3):
+    stage_dir = os.path.join(workdir, name)
+    init = ({"init_parts": {"vision_encoder": clip_dir}} if previous is None
+            else {"init_from": previous})
+    cfg = stage_config(config, name, model, data_dir, spm_path, codec.tokens_per_image, init)
+    fp = _fingerprint([cfg.to_dict(), done["data"]["config"]])
+    if not skip(k, name, fp):
+      lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
+                                   f"{cfg.seq_len})")
+      t0 = time.time()
+      from unimodal_jax.train import loop
+      figures = loop.run(cfg, stage_dir, log=lg)
+      finish(name, {k2: figures.get(k2) for k2 in ("train", "tokens_per_s", "wall_time_s",
+                                                   "num_params", "loss_history")}, t0, fp)
+    previous = stage_dir
+
+  # 6. Evaluation.
+  fp = _fingerprint([config.eval.to_dict(), done["stage3"]["config"]])
+  if not skip(6, "eval", fp):
+    lg, t0 = progress.phase(6, "eval"), time.time()
+    results = _evaluate(config, workdir, previous, model, sp, codec, lg)
+    finish("eval", {"understanding": results["understanding"]["pope_overall"],
+                    "generation": results["generation"]["overall"]}, t0, fp)
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  log(f"=== done in {progress.elapsed()} (this run {time.time() - wall:.0f}s); "
+      f"{os.path.join(workdir, 'results.md')}")
+  return results
+
+
+def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
+  from unimodal_jax import checkpoints
+  from unimodal_jax.data import formatting
+  from unimodal_jax.data.vocab import Vocab
+  from unimodal_jax.models import build
+  from unimodal_jax.pipeline import evaluate, report
+  e = config.eval
+  model_config = build.config_from_dict(model_cfg)
+  model = build.build(model_config)
+  params, _ = checkpoints.restore_params(stage_dir)
+  vocab = Vocab.from_sentencepiece(sp, image_codes=codec.codebook_size)
+  formatter = formatting.Formatter(sp, vocab, formatting.FormatConfig(
+      max_length=4 * int(config.seq_len), tokens_per_image=codec.tokens_per_image,
+      **{**config.format.to_dict(), "text_dropout": 0.0}))
+  seed = int(config.data.eval_seed)
+  s = evaluate.ImageSampling(guidance=float(e.guidance), temperature=float(e.image_temperature),
+                             top_k=int(e.image_top_k), pixel_steps=int(e.pixel_steps),
+                             pixel_guidance=float(e.pixel_guidance))
+  t = time.time()
+  und = evaluate.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
+                               int(e.vqa_per_kind), int(e.batch), log=log)
+  t_und = time.time() - t
+  t = time.time()
+  gen, prompts, gen_images = evaluate.generation(model, params, model_config, formatter, codec,
+                                                 seed, int(e.geneval_per_category), s,
+                                                 int(e.batch), log=log)
+  t_gen = time.time() - t
+  t = time.time()
+  edit, instructions, edit_images = evaluate.editing(model, params, model_config, formatter,
+                                                     codec, seed, int(e.edits), s, int(e.batch),
+                                                     log=log)
+  t_edit = time.time() - t
+  phases = _load_phases(workdir)
+  results = {
+      "understanding": und, "generation": gen, "editing": edit,
+      "eval_seconds": {"understanding": t_und, "generation": t_gen, "editing": t_edit},
+      "phase_seconds": {k: v["seconds"] for k, v in phases.items()},
+      "tokenizer": phases.get("tokenizer", {}).get("figures", {}).get("semantic_tokenizer"),
+      "model": {"num_params": model_config.num_params(),
+                "tokens_per_image": codec.tokens_per_image, "image_codes": codec.codebook_size,
+                "text_vocab": sp.get_piece_size()},
+  }
+  results_lib.write_json(os.path.join(workdir, "results.json"), results)
+  report.write_markdown(os.path.join(workdir, "results.md"), results)
+  n = int(e.samples)
+  report.write_samples(os.path.join(workdir, "samples.png"),
+                       [(p["prompt"], im) for p, im in zip(prompts[::max(1, len(prompts) // n)],
+                                                           gen_images[::max(1, len(prompts) // n)])],
+                       [(ins, pair) for ins, pair in zip(instructions[:n // 2],
+                                                         edit_images[:n // 2])])
+  return results
+
+
+__all__ = ["PHASES", "Progress", "run", "stage_config", "model_dict"]

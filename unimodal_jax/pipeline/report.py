@@ -1,0 +1,79 @@
+"""results.md and samples.png of the ILLUME recipe."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# The issue's bars for the tiny main job (POPE-style accuracy, GenEval-style overall).
+TARGETS = {"pope_overall": 0.85, "generation_overall": 0.6}
+
+
+def _row(name, value, target=None):
+  mark = "" if target is None else (" (target {:.2f}: {})".format(
+      target, "met" if value >= target else "not met"))
+  return f"| {name} | {value:.3f}{mark} |"
+
+
+def write_markdown(path: str, results: dict) -> None:
+  und, gen, edit = results["understanding"], results["generation"], results["editing"]
+  lines = ["# ILLUME on the shapes world", "",
+           "Held-out scenes and prompts (eval seed), scored from the scenes by the judge.", "",
+           "## Understanding", "", "| question | accuracy |", "|---|---|"]
+  for k, v in und.items():
+    if isinstance(v, float) and k != "pope_overall":
+      lines.append(_row(k, v))
+  lines.append(_row("POPE-style overall", und["pope_overall"], TARGETS["pope_overall"]))
+  lines += ["", "## Generation (GenEval-style, judge)", "", "| category | score |", "|---|---|"]
+  for k, v in gen.items():
+    if isinstance(v, float) and k != "overall":
+      lines.append(_row(k, v))
+  lines.append(_row("overall", gen["overall"], TARGETS["generation_overall"]))
+  lines += ["", "## Editing", "", "| edit | success |", "|---|---|"]
+  for k, v in edit.items():
+    if isinstance(v, float):
+      lines.append(_row(k, v))
+  lines += ["", "## Wall time per phase (s)", "", "| phase | seconds |", "|---|---|"]
+  for k, v in results.get("phase_seconds", {}).items():
+    lines.append(f"| {k} | {v:.0f} |")
+  tok = results.get("tokenizer") or {}
+  if tok:
+    lines += ["", f"Tokenizer: {tok.get('tokens_per_image')} tokens per image, codebook usage "
+              f"{tok.get('codebook_usage', 0):.3f}, feature cosine {tok.get('feature_cosine', 0):.4f}, "
+              f"judge on reconstructions {tok.get('judge_same_objects', 0):.3f}."]
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def _cell(image: np.ndarray, caption: str, scale: int = 4, width: int = 30) -> Image.Image:
+  im = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale),
+                                     Image.NEAREST)
+  words, text_lines, line = caption.split(), [], ""
+  for w in words:
+    if len(line) + len(w) + 1 > width // 1.4 * scale / 3:
+      text_lines.append(line)
+      line = w
+    else:
+      line = (line + " " + w).strip()
+  text_lines.append(line)
+  cell = Image.new("RGB", (im.width, im.height + 11 * len(text_lines) + 4), "white")
+  cell.paste(im, (0, 0))
+  draw = ImageDraw.Draw(cell)
+  for i, t in enumerate(text_lines):
+    draw.text((2, im.height + 2 + 11 * i), t, fill="black")
+  return cell
+
+
+def write_samples(path: str, generations, edits) -> None:
+  """A grid: prompts with their generated images, then edits (source | result) with their
+  instructions."""
+  cells = [_cell(im, p) for p, im in generations]
+  cells += [_cell(np.concatenate([pair[0], pair[1]], axis=1), ins) for ins, pair in edits]
+  if not cells:
+    return
+  cols = 4
+  w = max(c.width for c in cells)
+  h = max(c.height for c in cells)
+  grid = Image.new("RGB", (cols * w, ((len(cells) + cols - 1) // cols) * h), "white")
+  for i, c in enumerate(cells):
+    grid.paste(c, ((i % cols) * w, (i // cols) * h))
+  grid.save(path)

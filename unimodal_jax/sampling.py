@@ -1,0 +1,212 @@
+"""Decoding with a KV cache, for the decoder and the ILLUME model alike: text (greedy,
+temperature, top-k, top-p, stop tokens) and images (exactly `tokens_per_image` codes from the
+image vocabulary, classifier-free guidance with the prompt masked, ILLUME's way).
+
+Prompts are batched left-padded: `prompt` [B, P] int32 with `prompt_mask` [B, P] (1 real, 0 pad;
+the pads are on the left). Each row's positions count its real tokens only, and padded or masked
+slots have segment id 0, so they are never attended: a masked token is as if absent. That is
+also the unconditional branch of CFG: the same prompt with its condition tokens (the caption, the
+edit instruction) masked equals the training sequence whose text was dropped.
+
+    out = generate_text(model, params, prompt, prompt_mask, rng, SamplingConfig(max_new_tokens=32,
+                        temperature=0.0, stop_tokens=(vocab.eos_id,)))
+    codes = generate_image(model, params, prompt, prompt_mask, rng, vocab, tokens_per_image=256,
+                           guidance=2.0, uncond_mask=mask_without_caption, ...)
+
+Everything here is a jitted function of arrays; the model, the sampling settings and the lengths
+are static.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from unimodal_jax.models.decoder import init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 32
+  temperature: float = 1.0  # 0: greedy (argmax)
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1.0: off
+  stop_tokens: tuple = ()  # a row stops after emitting one of these
+  pad_id: int = 0  # written after a row stopped
+
+  def __post_init__(self):
+    if self.max_new_tokens <= 0:
+      raise ValueError(f"sampling.max_new_tokens must be positive, got {self.max_new_tokens}")
+    if self.temperature < 0:
+      raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+    if self.top_k < 0:
+      raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+
+
+# ----------------------------------------------------------------------------- logits
+
+def restrict_to_range(logits, lo: int, hi: int):
+  """Logits with every id outside [lo, hi) set to -inf (e.g. the image vocabulary)."""
+  ids = jnp.arange(logits.shape[-1])
+  return jnp.where((ids >= lo) & (ids < hi), logits, -jnp.inf)
+
+
+def guided_logits(cond, uncond, guidance: float):
+  """Classifier-free guidance on logits: uncond + w (cond - uncond); w = 1 is the conditional
+  model, w = 0 the unconditional one."""
+  return uncond + guidance * (cond - uncond)
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+  """Top-k, then top-p (nucleus) filtering: removed ids get -inf. The most likely id always
+  stays, so a row is never empty."""
+  logits = logits.astype(jnp.float32)
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Keep a sorted id while the mass before it is below top_p (so the first is always kept).
+    before = jnp.cumsum(probs, axis=-1) - probs
+    keep_sorted = before < top_p
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+def sample_token(logits, rng, temperature: float, top_k: int = 0, top_p: float = 1.0):
+  """One id per row: argmax when temperature is 0, else a draw from the filtered softmax."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = filter_logits(logits.astype(jnp.float32) / temperature, top_k, top_p)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- model steps
+
+def _positions(mask):
+  """Positions counting real tokens only (pads and masked tokens do not advance them)."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def _apply(model, params, tokens, *, positions, segment_ids, cache, images=None):
+  kw = {"positions": positions, "segment_ids": segment_ids, "cache": cache}
+  if images is not None:
+    kw["images"] = images
+  return model.apply({"params": params}, tokens, **kw)
+
+
+def prefill(model, params, prompt, prompt_mask, max_len: int, images=None):
+  """Run the prompt through the model into a fresh cache of `max_len` slots: (logits of the last
+  prompt slot [B, V], cache, next positions [B])."""
+  mask = prompt_mask.astype(jnp.int32)
+  cfg = model.config.llm if hasattr(model.config, "llm") else model.config
+  cache = init_cache(cfg, prompt.shape[0], max_len)
+  logits, cache = _apply(model, params, prompt, positions=_positions(mask), segment_ids=mask,
+                         cache=cache, images=images)
+  return logits[:, -1], cache, jnp.sum(mask, axis=1)
+
+
+def decode_step(model, params, token, position, cache):
+  """One token per row [B] at `position` [B] -> (logits [B, V], cache)."""
+  ones = jnp.ones((token.shape[0], 1), jnp.int32)
+  logits, cache = _apply(model, params, token[:, None], positions=position[:, None],
+                         segment_ids=ones, cache=cache)
+  return logits[:, 0], cache
+
+
+# ----------------------------------------------------------------------------- text
+
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def generate_text(model, params, prompt, prompt_mask, rng, config: SamplingConfig, images=None):
+  """[B, max_new_tokens] int32: the sampled continuation of each prompt; after a stop token a row
+  writes config.pad_id. Stops early (all rows stopped) with a while loop."""
+  b = prompt.shape[0]
+  n = config.max_new_tokens
+  logits, cache, pos = prefill(model, params, prompt, prompt_mask, prompt.shape[1] + n, images)
+  stops = jnp.asarray(config.stop_tokens or (-1,), jnp.int32)
+  out = jnp.full((b, n), config.pad_id, jnp.int32)
+
+  def cond(carry):
+    i, _, _, _, done, _, _ = carry
+    return (i < n) & ~jnp.all(done)
+
+  def body(carry):
+    i, logits, cache, pos, done, out, rng = carry
+    rng, key = jax.random.split(rng)
+    tok = sample_token(logits, key, config.temperature, config.top_k, config.top_p)
+    tok = jnp.where(done, config.pad_id, tok)
+    out = out.at[:, i].set(tok)
+    done = done | jnp.isin(tok, stops)
+    logits, cache = decode_step(model, params, tok, pos, cache)
+    return i + 1, logits, cache, pos + 1, done, out, rng
+
+  carry = (jnp.zeros((), jnp.int32), logits, cache, pos, jnp.zeros((b,), bool), out, rng)
+  return jax.lax.while_loop(cond, body, carry)[5]
+
+
+# ----------------------------------------------------------------------------- images
+
+@functools.partial(jax.jit, static_argnames=("model", "tokens_per_image", "image_offset",
+                                             "image_codes", "temperature", "top_k", "top_p"))
+def generate_image(model, params, prompt, prompt_mask, rng, *, tokens_per_image: int,
+                   image_offset: int, image_codes: int, guidance=1.0, uncond_mask=None,
+                   uncond_prompt=None, temperature: float = 1.0, top_k: int = 0,
+                   top_p: float = 1.0, images=None):
+  """Image codes [B, tokens_per_image] in [0, image_codes) (subtract nothing: these are codebook
+  indices, the vocabulary ids minus image_offset).
+
+  The prompt must end with <image_start>. Every step's logits are restricted to the image
+  vocabulary, so exactly tokens_per_image codes come out. With `uncond_mask` (the prompt mask with
+  the condition's tokens zeroed) the batch runs twice, conditional and unconditional rows, and
+  each step samples from guided_logits(cond, uncond, guidance). `uncond_prompt` (same shape,
+  also left-padded, also ending with <image_start>) replaces the prompt's tokens in the
+  unconditional rows when masking alone cannot express the unconditional input."""
+  b = prompt.shape[0]
+  cfg_on = uncond_mask is not None
+  if cfg_on:
+    prompt = jnp.concatenate([prompt, prompt if uncond_prompt is None else uncond_prompt])
+    prompt_mask = jnp.concatenate([prompt_mask, uncond_mask])
+    images = None if images is None else jnp.concatenate([images, images])
+  logits, cache, pos = prefill(model, params, prompt, prompt_mask,
+                               prompt.shape[1] + tokens_per_image, images)
+
+  def body(carry, key):
+    logits, cache, pos = carry
+    if cfg_on:
+      logits = guided_logits(logits[:b], logits[b:], guidance)
+    logits = restrict_to_range(logits.astype(jnp.float32), image_offset,
+                               image_offset + image_codes)
+    tok = sample_token(logits, key, temperature, top_k, top_p)
+    step_tok = jnp.concatenate([tok, tok]) if cfg_on else tok
+    logits, cache = decode_step(model, params, step_tok, pos, cache)
+    return (logits, cache, pos + 1), tok
+
+  keys = jax.random.split(rng, tokens_per_image)
+  _, toks = jax.lax.scan(body, (logits, cache, pos), keys)
+  return toks.T - image_offset
+
+
+def left_pad(sequences, pad_id: int = 0, length: int | None = None):
+  """Python lists of ids -> (tokens [B, L], mask [B, L]) left-padded numpy arrays."""
+  import numpy as np
+  length = length or max(len(s) for s in sequences)
+  if any(len(s) > length for s in sequences):
+    raise ValueError(f"a prompt of {max(len(s) for s in sequences)} tokens exceeds length {length}")
+  tokens = np.full((len(sequences), length), pad_id, np.int32)
+  mask = np.zeros((len(sequences), length), np.int32)
+  for i, s in enumerate(sequences):
+    if len(s):
+      tokens[i, length - len(s):] = s
+      mask[i, length - len(s):] = 1
+  return tokens, mask
+
+
+__all__ = ["SamplingConfig", "restrict_to_range", "guided_logits", "filter_logits",
+           "sample_token", "prefill", "decode_step", "generate_text", "generate_image",
+           "left_pad"]
