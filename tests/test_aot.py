@@ -143,13 +143,16 @@ def test_vicuna7b_fits_v5p_256():
 
 
 @pytest.mark.slow
-def test_illume_stage2_train_step_fits_v5p_256():
+@pytest.mark.parametrize("stage,batch", [("stage1", 256), ("stage2", 1024), ("stage3", 1024)])
+def test_illume_stage_train_steps_fit_v5p_256(stage, batch):
+  """The whole ILLUME model (Vicuna-7B + ViT-L/14 + adapter + 16,384 codes), Table 5's batch,
+  AdamW state for the trainable parts only."""
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),
-       "--config=" + os.path.join(REPO, "experiments", "illume", "stage2.py"),
+       "--config=" + os.path.join(REPO, "experiments", "illume", f"{stage}.py"),
        "--topology=v5p-256"], capture_output=True, text=True,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert result["program"] == "train_step" and result["global_batch"] == 1024
+  assert result["program"] == "train_step" and result["global_batch"] == batch
   assert result["fits"], result

@@ -123,3 +123,45 @@ def test_tiny_stage_overrides_cannot_unfreeze_a_table5_frozen_part():
   assert groups["adapter"]["learning_rate"] == 3e-3
   with pytest.raises(ValueError, match="unknown part"):
     table5.optimizer_groups(2, learning_rates={"encoder": 1.0})
+
+
+def test_stage1_train_step_moves_only_the_adapter_and_vision_rows(model_and_params):
+  """A train step with stage 1's groups on a batch that reads an image and writes codes: the
+  LLM and the encoder stay bit-identical, the adapter and the image rows move, and the loss is
+  reported per modality."""
+  from experiments.illume import table5
+  from unimodal_jax.train import step as step_lib
+  from unimodal_jax.train.state import TrainState
+  model, params = model_and_params
+  opt = {"learning_rate": 0.0, "warmup_steps": 0, "schedule": "constant",
+         "groups": table5.optimizer_groups(1, learning_rates={"adapter": 1e-2,
+                                                               "vision_embed_head": 1e-2})}
+  tx, schedules = optimizer.build(opt, params, 10)
+  frozen = optimizer.frozen_mask(params, optimizer.parse_groups(opt["groups"]))
+  v = CONFIG.vocab
+  p = CONFIG.tokens_per_image
+  seq = ([v.bos_id, v.image_start] + [v.image_patch] * p + [v.image_end, v.image_start]
+         + [v.image_token(c) for c in (1, 5, 2, 7)] + [v.image_end, 5])
+  tokens = np.asarray([seq, seq], np.int32)
+  mask = np.zeros_like(tokens[:, 1:], np.float32)
+  mask[:, 6:] = 1.0  # from the written <image_start> on
+  modality = np.zeros_like(tokens[:, 1:])
+  modality[:, 6:12] = 1  # start, 4 codes, end; then one text token
+  batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:]),
+           "target_mask": jnp.asarray(mask), "target_modality": jnp.asarray(modality),
+           "images": jax.random.randint(jax.random.key(3), (2, 1, 8, 8, 3), 0, 256
+                                        ).astype(jnp.uint8)}
+  zero = jnp.zeros((), jnp.int32)
+  state = TrainState(step=zero, params=params, opt_state=tx.init(params),
+                     rng=jnp.zeros((2,), jnp.uint32), nonfinite_steps=zero,
+                     consecutive_nonfinite=zero)
+  train_step = jax.jit(step_lib.make_train_step(model, tx, frozen, schedules))
+  new, metrics = train_step(state, batch)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, new.params)
+  assert not any(jax.tree.leaves(changed["llm"]))
+  assert not any(jax.tree.leaves(changed["vision_encoder"]))
+  assert all(jax.tree.leaves(changed["adapter"]))
+  assert changed["vision_embed"]["embedding"] and changed["vision_head"]["kernel"]
+  assert float(metrics["loss/image"]) > 0 and float(metrics["loss/text"]) > 0
+  # The adapter learns only through the image slots: its gradient is non-zero.
+  assert float(metrics["grad_norm"]) > 0

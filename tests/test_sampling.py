@@ -1,5 +1,7 @@
 """sampling.py against full recomputation: KV-cache decoding, CFG, the image-vocabulary
 restriction, masked prompts, top-k/top-p filtering and stop tokens."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,13 +34,22 @@ def unified():
   return model, nn.meta.unbox(params)
 
 
-def _full_logits(model, params, seq, images=None):
-  """Logits of the last token of each (unpadded) sequence, by a full forward pass."""
-  out = []
+def _full_logits(model, params, seq, images=None, length=40):
+  """Logits of the last token of each (unpadded) sequence, by a full forward pass. The sequences
+  are right-padded to one length (causal: padding after a token cannot change its logits), so
+  one compiled program serves every call."""
+  tokens = np.zeros((len(seq), length), np.int32)
   for i, s in enumerate(seq):
-    kw = {} if images is None else {"images": images[i:i + 1]}
-    out.append(model.apply({"params": params}, jnp.asarray([s], jnp.int32), **kw)[0, -1])
-  return jnp.stack(out)
+    tokens[i, :len(s)] = s
+  kw = {} if images is None else {"images": images}
+  logits = _forward(model, params, jnp.asarray(tokens), **kw)
+  return logits[jnp.arange(len(seq)), jnp.asarray([len(s) - 1 for s in seq])]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, params, tokens, images=None):
+  kw = {} if images is None else {"images": images}
+  return model.apply({"params": params}, tokens, **kw)
 
 
 def test_greedy_text_with_cache_equals_full_recomputation(decoder):

@@ -39,10 +39,10 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=experiments/illume/vicuna7b.py")
   from unimodal_jax import aot
-  from unimodal_jax.models.decoder_config import DecoderConfig
+  from unimodal_jax.models import build
 
   cfg = _CONFIG.value
-  model_config = DecoderConfig.from_dict(cfg.model.to_dict())
+  model_config = build.config_from_dict(cfg.model.to_dict())
   program = _PROGRAM.value
   if program == "auto":
     program = "train_step" if ("train" in cfg and "optimizer" in cfg) else "forward_backward"
@@ -52,6 +52,9 @@ def main(argv):
   if program == "train_step":
     result = aot.compile_train_step_for_topology(cfg, _TOPOLOGY.value)
   else:
+    if model_config is not build.llm_config(model_config):
+      raise app.UsageError("--program=forward_backward compiles a plain decoder; use "
+                           "train_step for an ILLUME config")
     result = aot.compile_for_topology(model_config, cfg.mesh.to_dict(), _TOPOLOGY.value,
                                       cfg.global_batch, cfg.seq_len)
     result["program"] = "forward_backward"

@@ -51,8 +51,8 @@ def get_config(arg=None):
   # Documents per task (train seed 0; held-out seed 1 for evaluation).
   n = (lambda full: 40) if micro else (lambda full: full)
   c.data = dict(image_size=size, train_seed=0, eval_seed=1, counts=dict(
-      caption=n(12000), reconstruction=n(6000), text_to_image=n(12000), geneval=n(12000),
-      conversation=n(24000), edit=n(8000)))
+      caption=n(6000), reconstruction=n(3000), text_to_image=n(6000), geneval=n(8000),
+      conversation=n(9000), edit=n(4000)))
 
   lr = lambda x: x
   c.stages = {

@@ -1,0 +1,62 @@
+"""The main job end to end at micro size: every phase runs, a kill in the middle of a training
+phase resumes there, finished phases are skipped, and the outputs are written."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "experiments", "tiny", "illume_shapes.py") + ":micro"
+
+
+def _command(workdir):
+  return [sys.executable, "-m", "unimodal_jax.pipeline", "--config=" + CONFIG,
+          "--workdir=" + str(workdir)]
+
+
+@pytest.mark.slow
+def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(_command(tmp_path), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  seen = []
+  for line in proc.stdout:  # kill it once stage 2 has started training
+    seen.append(line)
+    if "[4/6 stage2]" in line and "training" in line:
+      time.sleep(3)
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, "".join(seen[-20:])
+  phases = json.load(open(tmp_path / "phases.json"))
+  assert set(phases) == {"tokenizer", "data", "stage1"}
+
+  out = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1200)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  for name in ("tokenizer", "data", "stage1"):
+    assert f"{name} done earlier" in out.stdout
+  assert "=== [6/6] eval" in out.stdout
+  results = json.load(open(tmp_path / "results.json"))
+  und, gen, edit = results["understanding"], results["generation"], results["editing"]
+  assert set(und) >= {"pope_random", "pope_popular", "pope_adversarial", "counting", "color",
+                      "position", "pope_overall"}
+  assert set(gen) >= {"single_object", "two_object", "counting", "colors", "position",
+                      "color_attr", "overall"}
+  assert all(0.0 <= v <= 1.0 for v in list(und.values()) + list(gen.values())
+             if isinstance(v, float))
+  assert "overall" in edit
+  assert set(results["phase_seconds"]) == {"tokenizer", "data", "stage1", "stage2", "stage3"}
+  assert (tmp_path / "results.md").read_text().startswith("# ILLUME on the shapes world")
+  assert (tmp_path / "samples.png").stat().st_size > 1000
+  # The stage-2 run resumed from its checkpoint rather than starting over.
+  stage2 = json.load(open(tmp_path / "stage2" / "results.json"))
+  assert stage2["status"] == "completed"
+
+  again = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0 and again.stdout.count("done earlier") == 6
