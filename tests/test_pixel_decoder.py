@@ -10,7 +10,7 @@ import pytest
 from unimodal_jax.models import pixel_decoder as pd
 
 CFG = pd.PixelDecoderConfig(image_size=8, patch_size=4, hidden_size=32, num_layers=2,
-                            num_heads=2, cond_dim=8, cond_tokens=2)
+                            num_heads=2, cond_dim=8, cond_tokens=2, spatial_cond=False)
 
 
 def test_euler_sampler_reaches_the_data_with_the_exact_velocity():
@@ -83,6 +83,23 @@ def test_learns_a_conditional_distribution():
 def test_config_errors():
   with pytest.raises(ValueError, match="image_size=30 is not a multiple of patch_size=4"):
     pd.PixelDecoderConfig(image_size=30, patch_size=4)
+  with pytest.raises(ValueError, match="square grid dividing the 8x8 patch grid"):
+    pd.PixelDecoderConfig(image_size=32, patch_size=4, cond_tokens=9)
+
+
+def test_spatial_condition_lands_on_the_patches_of_its_cell():
+  """4 condition cells over a 4x4 patch grid: patch (r, c) gets cell (r // 2, c // 2)."""
+  cells = jnp.arange(4, dtype=jnp.float32)[None, :, None] * jnp.ones((1, 4, 3))
+  patches = np.asarray(pd.cells_to_patches(cells, 2, 4))[0, :, 0].reshape(4, 4)
+  np.testing.assert_array_equal(patches, [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3],
+                                          [2, 2, 3, 3]])
+  # The positions start from the 2-D sine-cosine table, cells on the frame of their patches.
+  cfg = pd.PixelDecoderConfig(image_size=16, patch_size=4, hidden_size=16, cond_tokens=4,
+                              cond_dim=8)
+  pos = pd._position_init(cfg)(None, (4 + 16, 16))
+  cell0, patches0 = np.asarray(pos[0]), np.asarray(pos[4:]).reshape(4, 4, 16)
+  centre = (patches0[0, 0] + patches0[1, 1]) / 2
+  assert np.abs(cell0 - centre).max() < np.abs(cell0 - patches0[3, 3]).max()
 
 
 def test_sampler_shapes_and_determinism():

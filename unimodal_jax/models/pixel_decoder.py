@@ -37,12 +37,22 @@ class PixelDecoderConfig:
   cond_dim: int = 64  # width of the condition tokens (the tokenizer's feature width)
   cond_tokens: int = 16  # how many condition tokens (the tokenizer's tokens per image)
   cond_dropout: float = 0.1  # probability of the null condition in training (for CFG)
+  # Also add each condition token to the patches it covers (the condition tokens are a square
+  # grid of the image, as a ViT's patch features are): the decoder then knows where every
+  # feature belongs instead of having to learn it through attention. ILLUME+ conditions its
+  # diffusion decoder by concatenation for the same reason.
+  spatial_cond: bool = True
   dtype: str = "float32"
 
   def __post_init__(self):
     if self.image_size % self.patch_size:
       raise ValueError(f"pixel_decoder.image_size={self.image_size} is not a multiple of "
                        f"patch_size={self.patch_size}")
+    if self.spatial_cond and (self.cond_grid ** 2 != self.cond_tokens
+                              or self.grid % self.cond_grid):
+      raise ValueError(f"pixel_decoder.spatial_cond needs the {self.cond_tokens} condition "
+                       f"tokens to be a square grid dividing the {self.grid}x{self.grid} patch "
+                       f"grid; set spatial_cond=False")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"pixel_decoder.hidden_size={self.hidden_size} is not a multiple of "
                        f"num_heads={self.num_heads}")
@@ -50,6 +60,14 @@ class PixelDecoderConfig:
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def cond_grid(self) -> int:
+    return math.isqrt(self.cond_tokens)
 
 
 def _init(axes, init=nn.initializers.xavier_uniform()):
@@ -62,6 +80,42 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def sincos_2d(grid: int, dim: int, scale: float = 1.0):
+  """[grid * grid, dim] fixed 2-D sine-cosine position features (row-major patches); `scale`
+  stretches coordinates so a coarser grid lands on the same frame as a finer one."""
+  quarter = dim // 4
+  freqs = 1.0 / (10_000.0 ** (jnp.arange(quarter, dtype=jnp.float32) / quarter))
+  ys, xs = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32), jnp.arange(grid, dtype=jnp.float32),
+                        indexing="ij")
+  ys, xs = (ys.ravel() + 0.5) * scale, (xs.ravel() + 0.5) * scale
+  out = jnp.concatenate([jnp.sin(ys[:, None] * freqs), jnp.cos(ys[:, None] * freqs),
+                         jnp.sin(xs[:, None] * freqs), jnp.cos(xs[:, None] * freqs)], axis=1)
+  return jnp.pad(out, ((0, 0), (0, dim - out.shape[1])))
+
+
+def _position_init(config: "PixelDecoderConfig"):
+  """Learned positions that start at the fixed 2-D sine-cosine table (DiT's choice), with the
+  condition tokens placed on the same frame as the patches they describe."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    patches = sincos_2d(config.grid, config.hidden_size)
+    if config.cond_grid ** 2 == config.cond_tokens:
+      cond = sincos_2d(config.cond_grid, config.hidden_size, config.grid / config.cond_grid)
+    else:
+      cond = jnp.zeros((config.cond_tokens, config.hidden_size))
+    return jnp.concatenate([cond, patches]).astype(dtype).reshape(shape)
+  return init
+
+
+def cells_to_patches(cells, cond_grid: int, grid: int):
+  """[B, cond_grid**2, E] (row-major cells) -> [B, grid**2, E] (row-major patches): every patch
+  gets the vector of the cell that covers it (nearest-neighbour upsampling)."""
+  b, _, e = cells.shape
+  k = grid // cond_grid
+  x = cells.reshape(b, cond_grid, 1, cond_grid, 1, e)
+  return jnp.broadcast_to(x, (b, cond_grid, k, cond_grid, k, e)).reshape(b, grid * grid, e)
 
 
 def patchify(images, p: int):
@@ -119,8 +173,12 @@ class PixelDecoder(nn.Module):
     c = nn.Dense(cfg.hidden_size, kernel_init=_init(("embed", "mlp")), name="cond_proj")(cond)
     x = nn.Dense(cfg.hidden_size, kernel_init=_init((None, "embed")), name="patch_embed")(
         patchify(noisy, cfg.patch_size))
+    if cfg.spatial_cond:  # each patch also gets the condition token of its grid cell
+      per_cell = nn.Dense(cfg.hidden_size, kernel_init=_init(("embed", "mlp")),
+                          name="cond_spatial")(cond)
+      x = x + cells_to_patches(per_cell, cfg.cond_grid, cfg.grid)
     pos = self.param("pos_embed", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, "embed")),
+        _position_init(cfg), (None, "embed")),
         (cfg.cond_tokens + cfg.num_patches, cfg.hidden_size))
     h = jnp.concatenate([c, x], axis=1) + pos
     t_emb = nn.Dense(cfg.hidden_size, name="time_mlp_0")(timestep_embedding(t, cfg.hidden_size))
