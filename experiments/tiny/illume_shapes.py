@@ -37,12 +37,16 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.tokenizer = tokenizer_shapes.get_config("micro" if micro else None)
   c.tokenizer.baseline_train.steps = 0  # the pixel-VQ baseline is tokenizer_shapes.py's business
+  if not micro:  # the 20-minute budget: shorter tokenizer and pixel-decoder training
+    c.tokenizer.tokenizer_train.steps = 1000
+    c.tokenizer.pixel_train.steps = 600
+    c.tokenizer.pixel_train.log_every = 100
   size = int(c.tokenizer.data.image_size)
 
   # The LLM (the vision tower and codebook come from the tokenizer phase).
-  c.llm = dict(hidden_size=64 if micro else 192, intermediate_size=128 if micro else 512,
+  c.llm = dict(hidden_size=64 if micro else 128, intermediate_size=128 if micro else 384,
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
-               head_dim=16 if micro else 48, max_seq_len=256, attention_impl="xla")
+               head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
   c.adapter_hidden = 0
   c.text_vocab_size = 320  # the world's texts allow at most about 360 pieces
   c.seq_len = 96 if micro else 128
@@ -56,14 +60,14 @@ def get_config(arg=None):
 
   lr = lambda x: x
   c.stages = {
-      "stage1": _stage(20 if micro else 150, 8 if micro else 32,
+      "stage1": _stage(20 if micro else 100, 8 if micro else 32,
                        {"adapter": lr(3e-3), "vision_embed_head": lr(3e-3)},
                        {"caption": 1.0, "reconstruction": 1.0}, 5 if micro else 20),
-      "stage2": _stage(20 if micro else 900, 8 if micro else 32,
+      "stage2": _stage(20 if micro else 500, 8 if micro else 32,
                        {"adapter": 2e-3, "llm": 2e-3, "vision_embed_head": 2e-3},
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
                         "conversation": 2.0, "reconstruction": 0.5}, 5 if micro else 50),
-      "stage3": _stage(20 if micro else 500, 8 if micro else 32,
+      "stage3": _stage(20 if micro else 350, 8 if micro else 32,
                        {"vision_encoder": 1e-4, "llm": 1e-3, "adapter": 1e-3,
                         "vision_embed_head": 1e-3},
                        {"conversation": 2.0, "geneval": 1.5, "text_to_image": 0.5, "edit": 1.0,

@@ -8,6 +8,12 @@ a diffusion pixel decoder on the reconstructed features, and the pixel-reconstru
 Reports feature cosine, codebook usage and the shapes judge on reconstructions
 (DIR/results.json, DIR/samples.png). `:micro` is a smoke-test variant (seconds; numbers mean
 nothing).
+
+Measured (2 cores, held-out 200 scenes): feature cosine 0.971, codebook usage 0.947 (485 of 512
+codes), 16 tokens per image; tokenizer 1,500 steps in about 100 s. The pixel decoder does not yet
+keep objects: the judge finds the same objects in 1.5% of reconstructions after 3,000 steps
+(in-context conditioning only) and 6% after 1,000 steps with spatial conditioning; colors and
+positions survive, shapes come out as blocky blobs (issue 5 stays open on this).
 """
 import os
 
