@@ -66,10 +66,10 @@ def jax_runner(a, tokens):
          "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "clip_grad_norm": 0.0}
   tx, schedules = optimizer.build(opt, params, 1000)
   frozen = jax.tree.map(lambda _: False, params)
-  zero = jnp.zeros((), jnp.int32)
-  state = TrainState(step=zero, params=params, opt_state=tx.init(params),
-                     rng=jnp.zeros((2,), jnp.uint32), nonfinite_steps=zero,
-                     consecutive_nonfinite=zero)
+  zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated
+  state = TrainState(step=zero(), params=params, opt_state=tx.init(params),
+                     rng=jnp.zeros((2,), jnp.uint32), nonfinite_steps=zero(),
+                     consecutive_nonfinite=zero())
   step = jax.jit(make_train_step(model, tx, frozen, schedules), donate_argnums=(0,))
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
   holder = [state]
