@@ -103,7 +103,7 @@ def torch_runner(a, tokens, compiled: bool):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
   return run
 
 
