@@ -12,6 +12,7 @@ ILLUME model reads images with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -71,16 +72,20 @@ class ImageCodec:
                                                           vit.normalize(images))
     return out.last_hidden_state[:, int(self.vision_config.class_token):].astype(jnp.float32)
 
-  def tokenize(self, images, batch: int = 256) -> np.ndarray:
+  @functools.cached_property
+  def _encode(self):
+    """images -> ids, jitted once per codec (pretokenize calls tokenize chunk after chunk)."""
     tokenizer = vt.SemanticTokenizer(self.tokenizer_config)
+    return jax.jit(lambda x: tokenizer.apply(self.tokenizer_variables, self._features(x),
+                                             method=vt.SemanticTokenizer.encode))
 
-    @jax.jit
-    def encode(x):
-      return tokenizer.apply(self.tokenizer_variables, self._features(x),
-                             method=vt.SemanticTokenizer.encode)
+  @functools.cached_property
+  def _decode(self):
+    return jax.jit(self.decode_features)
 
+  def tokenize(self, images, batch: int = 256) -> np.ndarray:
     images = np.asarray(images)
-    return np.concatenate([np.asarray(encode(jnp.asarray(images[i:i + batch])))
+    return np.concatenate([np.asarray(self._encode(jnp.asarray(images[i:i + batch])))
                            for i in range(0, len(images), batch)]).astype(np.int32)
 
   def decode_features(self, ids):
@@ -91,7 +96,7 @@ class ImageCodec:
   def detokenize(self, ids, rng, *, steps: int = 32, guidance: float = 2.0,
                  batch: int = 64) -> np.ndarray:
     decoder = pdec.PixelDecoder(self.pixel_config)
-    decode = jax.jit(self.decode_features)
+    decode = self._decode
     ids = np.asarray(ids)
     out = []
     for i in range(0, len(ids), batch):
