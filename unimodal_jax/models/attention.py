@@ -4,9 +4,11 @@ Layout [batch, length, heads, head_dim]; grouped-query heads (key/value heads di
 packed sequences by segment ids (0 marks padding); an optional query offset for KV-cache decoding.
 
 Dispatch (`impl`): 'xla' is jax.nn.dot_product_attention with an explicit mask (the reference,
-and the CPU path); 'pallas' is the fused kernel in kernels/flash_attention.py (on TPU/GPU; in
-interpret mode on a CPU; for TPU descriptions when compiling ahead of time); 'auto' picks the kernel on TPU/GPU for training-shaped calls
-(no cache offset) and XLA otherwise. Inside `sharding.activation_sharding(mesh)` the kernel runs
+and the decoding path); 'pallas' is the fused kernel in kernels/flash_attention.py (on TPU/GPU; in
+interpret mode on a CPU; for TPU descriptions when compiling ahead of time); 'blockwise' is
+models/blockwise_attention.py (plain XLA ops that skip the masked half of the causal square, with
+a flash-style backward: the CPU training path). 'auto' picks, for training-shaped calls (no cache
+offset), the kernel on TPU/GPU and 'blockwise' elsewhere, and XLA for decoding. Inside `sharding.activation_sharding(mesh)` the kernel runs
 under jax.shard_map over the mesh's batch (and, when they divide, head) axes, since Mosaic
 kernels cannot be partitioned automatically.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "pallas")
+from unimodal_jax.models.blockwise_attention import blockwise_causal_attention
+
+IMPLS = ("auto", "xla", "pallas", "blockwise")
 BATCH_AXES = ("data", "fsdp")  # as sharding.BATCH_AXES (not imported: no cycle with kernels/)
 HEAD_AXIS = "tensor"
 
@@ -46,6 +50,12 @@ def _platform(mesh) -> str:
   time from a CPU host), else the default backend."""
   device = getattr(mesh, "abstract_device", None)
   return device.platform if device is not None else jax.default_backend()
+
+
+def target_platform() -> str:
+  """The platform the program being traced will run on ('cpu', 'tpu', 'gpu'): that of the
+  `jax.set_mesh` mesh when there is one, else the default backend."""
+  return _platform(_context_mesh())
 
 
 def _fused(q, k, v, segment_ids, mesh):
@@ -84,6 +94,11 @@ def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_offset=0,
   if impl == "pallas" or (impl == "auto" and training_shaped
                           and _platform(mesh) in ("tpu", "gpu")):
     return _fused(q, k, v, q_segment_ids, mesh)
+  if impl == "blockwise" or (impl == "auto" and training_shaped):
+    if not training_shaped:
+      raise ValueError("attention impl 'blockwise' covers self-attention without a KV-cache "
+                       "offset; use 'auto' to fall back to XLA for decoding")
+    return blockwise_causal_attention(q, k, v, q_segment_ids)
   mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)
   # jax.nn.dot_product_attention handles GQA and upcasts the logits to float32 for the softmax.
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")

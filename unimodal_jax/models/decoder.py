@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from unimodal_jax.models.attention import dot_product_attention
+from unimodal_jax.models.attention import dot_product_attention, target_platform
 from unimodal_jax.models.decoder_config import DecoderConfig
+from unimodal_jax.models.linear import Linear, linear
 
 # Activation logical axes (the rules table in sharding.py maps them to mesh axes).
 ACT_HIDDEN = ("act_batch", "act_length", "act_embed")
@@ -87,7 +88,12 @@ class HeadProjection(nn.Module):
     cfg = self.config
     kernel = self.param("kernel", _normal(cfg, ("embed", self.heads_axis, "head_dim")),
                         (cfg.hidden_size, self.heads, cfg.head_dim), cfg.jnp_param_dtype)
-    out = jnp.einsum("bte,ehd->bthd", x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype))
+    x, kernel = x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype)
+    if target_platform() == "cpu":  # as one [embed, heads * head_dim] matmul (see linear.py)
+      out = linear(x, kernel.reshape(cfg.hidden_size, -1)).reshape(
+          *x.shape[:-1], self.heads, cfg.head_dim)
+    else:  # keeps the kernel's 3-axis sharding
+      out = jnp.einsum("bte,ehd->bthd", x, kernel)
     if cfg.qkv_bias:
       bias = self.param("bias", _zeros((self.heads_axis, "head_dim")), (self.heads, cfg.head_dim),
                         cfg.jnp_param_dtype)
@@ -104,7 +110,11 @@ class OutputProjection(nn.Module):
     cfg = self.config
     kernel = self.param("kernel", _normal(cfg, ("heads", "head_dim", "embed")),
                         (cfg.num_heads, cfg.head_dim, cfg.hidden_size), cfg.jnp_param_dtype)
-    out = jnp.einsum("bthd,hde->bte", x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype))
+    x, kernel = x.astype(cfg.jnp_dtype), kernel.astype(cfg.jnp_dtype)
+    if target_platform() == "cpu":
+      out = linear(x.reshape(*x.shape[:-2], -1), kernel.reshape(-1, cfg.hidden_size))
+    else:
+      out = jnp.einsum("bthd,hde->bte", x, kernel)
     if cfg.o_bias:
       out = out + self.param("bias", _zeros(("embed",)), (cfg.hidden_size,),
                              cfg.jnp_param_dtype).astype(cfg.jnp_dtype)
@@ -149,8 +159,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.jnp_dtype,
-                              param_dtype=cfg.jnp_param_dtype)
+    dense = functools.partial(Linear, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype)
     gate = dense(cfg.intermediate_size, name="gate_proj", kernel_init=_normal(cfg, ("embed", "mlp")))(x)
     up = dense(cfg.intermediate_size, name="up_proj", kernel_init=_normal(cfg, ("embed", "mlp")))(x)
     hidden = nn.with_logical_constraint(nn.silu(gate) * up, ACT_MLP)
@@ -210,9 +219,9 @@ class Decoder(nn.Module):
       self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
     if not cfg.tie_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype,
-                              param_dtype=cfg.jnp_param_dtype,
-                              kernel_init=_normal(cfg, ("embed", "vocab")))
+      self.lm_head = Linear(cfg.vocab_size, dtype=cfg.jnp_dtype,
+                            param_dtype=cfg.jnp_param_dtype,
+                            kernel_init=_normal(cfg, ("embed", "vocab")))
 
   def embed(self, tokens):
     return self.embed_tokens(tokens)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_and_attention")
-ATTENTION_IMPLS = ("auto", "xla", "pallas")
+ATTENTION_IMPLS = ("auto", "xla", "pallas", "blockwise")
 DTYPES = ("float32", "bfloat16", "float16")
 
 

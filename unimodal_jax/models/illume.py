@@ -35,6 +35,7 @@ from unimodal_jax.data.vocab import SPECIALS, Vocab
 from unimodal_jax.models import vit
 from unimodal_jax.models.decoder import ACT_HIDDEN, ACT_VOCAB, Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
+from unimodal_jax.models.linear import Linear
 
 KIND = "illume"
 
@@ -162,8 +163,8 @@ class Illume(nn.Module):
         cfg.image_codes, llm.hidden_size, dtype=llm.jnp_dtype, param_dtype=llm.jnp_param_dtype,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(llm.initializer_range), ("vocab", "embed")))
-    self.vision_head = nn.Dense(
-        cfg.image_codes, use_bias=False, dtype=llm.jnp_dtype, param_dtype=llm.jnp_param_dtype,
+    self.vision_head = Linear(
+        cfg.image_codes, dtype=llm.jnp_dtype, param_dtype=llm.jnp_param_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.normal(llm.initializer_range), ("embed", "vocab")))
 

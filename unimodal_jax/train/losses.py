@@ -9,9 +9,9 @@ exactly to the full batch; `summarize` turns the sums into means.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
-import optax
+
+from unimodal_jax.train.cross_entropy import cross_entropy_and_lse
 
 MODALITIES = ("text", "image")
 
@@ -22,15 +22,14 @@ def loss_sums(logits, batch, z_loss_weight: float = 0.0) -> dict:
   targets = batch["targets"]
   mask = batch.get("target_mask")
   mask = jnp.ones(targets.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  ce, lse, correct = cross_entropy_and_lse(logits, targets)
   sums = {
       "weight": jnp.sum(mask),
       "ce": jnp.sum(ce * mask),
-      "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * mask),
+      "correct": jnp.sum(correct * mask),
   }
   if z_loss_weight:
-    z = jax.nn.logsumexp(logits, axis=-1)
-    sums["z"] = jnp.sum(z * z * mask)
+    sums["z"] = jnp.sum(lse * lse * mask)
   if "target_modality" in batch:
     for i, name in enumerate(MODALITIES):
       modality_mask = mask * (batch["target_modality"] == i)
