@@ -31,16 +31,17 @@ GiB = 1024**3
 class ChipSpec:
   hbm_bytes: int
   bf16_flops: float  # peak, per chip
+  hbm_bytes_per_s: float  # HBM bandwidth, per chip
   cores_per_chip_in_name: int  # v4/v5p names count TensorCores (2 per chip); v5e/v6e count chips
   dims: int  # torus dimensions
 
 
 # Vendor figures (see DESIGN.md).
 CHIPS = {
-    "v4": ChipSpec(32 * GiB, 275e12, 2, 3),
-    "v5p": ChipSpec(95 * GiB, 459e12, 2, 3),
-    "v5e": ChipSpec(16 * GiB, 197e12, 1, 2),
-    "v6e": ChipSpec(32 * GiB, 918e12, 1, 2),
+    "v4": ChipSpec(32 * GiB, 275e12, 1.228e12, 2, 3),
+    "v5p": ChipSpec(95 * GiB, 459e12, 2.765e12, 2, 3),
+    "v5e": ChipSpec(16 * GiB, 197e12, 0.819e12, 1, 2),
+    "v6e": ChipSpec(32 * GiB, 918e12, 1.640e12, 1, 2),
 }
 
 
@@ -167,6 +168,8 @@ def report(compiled, *, topology: str, generation: str, num_chips: int, config: 
               - mem.alias_size_in_bytes)
   capacity = CHIPS[generation].hbm_bytes
   flops_per_chip = float(cost.get("flops", 0.0)) if cost else 0.0
+  bytes_per_chip = float(cost.get("bytes accessed", 0.0)) if cost else 0.0
+  chip = CHIPS[generation]
   result = {
       "topology": topology,
       "num_chips": num_chips,
@@ -177,6 +180,10 @@ def report(compiled, *, topology: str, generation: str, num_chips: int, config: 
       "flops_per_step": config.flops_per_token(seq_len) * global_batch * seq_len,
       # The compiler's count: per device for the SPMD program, times the chips.
       "compiler_flops_per_step": flops_per_chip * num_chips,
+      # XLA's count of HBM bytes read and written, per device, times the chips.
+      "compiler_bytes_per_step": bytes_per_chip * num_chips,
+      **roofline(flops_per_chip, bytes_per_chip,
+                 config.flops_per_token(seq_len) * global_batch * seq_len / num_chips, chip),
       "argument_bytes": int(mem.argument_size_in_bytes),
       "temp_bytes": int(mem.temp_size_in_bytes),
       "output_bytes": int(mem.output_size_in_bytes),
@@ -190,6 +197,22 @@ def report(compiled, *, topology: str, generation: str, num_chips: int, config: 
     result["compiler_flops_note"] = ("layers are scanned: XLA's cost analysis counts the loop "
                                      "body once, so compiler_flops_per_step undercounts")
   return result
+
+
+def roofline(compiler_flops_per_chip: float, bytes_per_chip: float,
+             analytic_flops_per_chip: float, chip: ChipSpec) -> dict[str, float]:
+  """The roofline bound of one step on one chip: the compiler's FLOPs at peak or its bytes at HBM
+  bandwidth, whichever takes longer (communication and imperfect overlap only add to it), and
+  the MFU that bound allows (the analytic model FLOPs against peak over that time)."""
+  compute_s = compiler_flops_per_chip / chip.bf16_flops
+  memory_s = bytes_per_chip / chip.hbm_bytes_per_s
+  step_s = max(compute_s, memory_s)
+  return {
+      "roofline_compute_s": compute_s,
+      "roofline_memory_s": memory_s,
+      "roofline_step_s": step_s,
+      "roofline_mfu": analytic_flops_per_chip / (step_s * chip.bf16_flops) if step_s else 0.0,
+  }
 
 
 def compile_for_topology(config: DecoderConfig, mesh_config, topology: str, global_batch: int,

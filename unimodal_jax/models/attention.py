@@ -102,3 +102,24 @@ def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_offset=0,
   mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)
   # jax.nn.dot_product_attention handles GQA and upcasts the logits to float32 for the softmax.
   return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def cached_attention(q, cache_k, cache_v, *, q_segment_ids, kv_segment_ids, q_offset):
+  """Attention of new queries against a KV cache kept heads-major.
+
+  q: [B, T, N, D]; cache_k, cache_v: [B, K, S, D] (K key/value heads dividing N);
+  kv_segment_ids [B, S] (0: an empty or padding slot); query i sits at slot q_offset + i.
+  The cache is heads-major because decoding reads all of it every step: in that layout both
+  products contract without transposing the cache (in [B, S, K, D], XLA's CPU backend copied
+  every layer's whole cache, transposed, on every step). Softmax in float32.
+  """
+  b, t, n, d = q.shape
+  kv = cache_k.shape[1]
+  qg = q.reshape(b, t, kv, n // kv, d)
+  scores = jnp.einsum("btkgd,bksd->bkgts", qg, cache_k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
+  mask = attention_mask(q_segment_ids, kv_segment_ids, q_offset)[:, :, None]  # [B,1,1,T,S]
+  probs = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), axis=-1)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(q.dtype), cache_v.astype(q.dtype),
+                   preferred_element_type=jnp.float32)
+  return out.reshape(b, t, n, d).astype(q.dtype)

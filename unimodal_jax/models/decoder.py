@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from unimodal_jax.models.attention import dot_product_attention, target_platform
+from unimodal_jax.models.attention import cached_attention, dot_product_attention, target_platform
 from unimodal_jax.models.decoder_config import DecoderConfig
 from unimodal_jax.models.linear import Linear, linear
 
@@ -123,6 +123,7 @@ class OutputProjection(nn.Module):
 
 class Attention(nn.Module):
   config: DecoderConfig
+  cache_layer: int | None = None  # unscanned: this layer's index into the stacked cache
 
   @nn.compact
   def __call__(self, x, positions, segment_ids, layer_cache, cache_index, cache_segment_ids):
@@ -141,12 +142,22 @@ class Attention(nn.Module):
                                   impl=cfg.attention_impl)
       new_cache = None
     else:
+      # The cache is [B, K, S, D] (heads-major, see cached_attention). Unscanned layers share
+      # the stacked [layers, ...] arrays and write their slots in place (layer index first);
+      # a scanned layer gets its own slice.
       cache_k, cache_v = layer_cache
-      cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-      cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
-      out = dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
-                                  q_segment_ids=segment_ids, kv_segment_ids=cache_segment_ids,
-                                  q_offset=cache_index, impl=cfg.attention_impl)
+      lead = () if self.cache_layer is None else (self.cache_layer,)
+      index = lead + (0, 0, cache_index, 0)
+
+      def write(cache, new):
+        new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)  # [B, T, K, D] -> [B, K, T, D]
+        return jax.lax.dynamic_update_slice(cache, new.reshape((1,) * len(lead) + new.shape),
+                                            index)
+      cache_k, cache_v = write(cache_k, k), write(cache_v, v)
+      layer_k = cache_k if self.cache_layer is None else cache_k[self.cache_layer]
+      layer_v = cache_v if self.cache_layer is None else cache_v[self.cache_layer]
+      out = cached_attention(q, layer_k, layer_v, q_segment_ids=segment_ids,
+                             kv_segment_ids=cache_segment_ids, q_offset=cache_index)
       new_cache = (cache_k, cache_v)
     out = checkpoint_name(nn.with_logical_constraint(out, ACT_HEADS), "attention")
     out = OutputProjection(cfg, name="o_proj")(out)
@@ -169,13 +180,14 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
   """Pre-norm block. Signature (carry, per-layer input, broadcast args...) fits `nn.scan`."""
   config: DecoderConfig
+  cache_layer: int | None = None  # see Attention
 
   @nn.compact
   def __call__(self, x, layer_cache, positions, segment_ids, cache_index, cache_segment_ids):
     cfg = self.config
     norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.jnp_dtype,
                              param_dtype=cfg.jnp_param_dtype)
-    attn_out, new_cache = Attention(cfg, name="attn")(
+    attn_out, new_cache = Attention(cfg, self.cache_layer, name="attn")(
         norm(name="input_norm")(x), positions, segment_ids, layer_cache, cache_index,
         cache_segment_ids)
     x = x + attn_out
@@ -185,10 +197,11 @@ class DecoderLayer(nn.Module):
 
 
 def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=None) -> dict:
-  """An empty KV cache: keys/values stacked over layers, the segment id of each slot, and the
+  """An empty KV cache: keys/values stacked over layers, [layers, batch, kv_heads, max_len,
+  head_dim] (heads-major, see attention.cached_attention), the segment id of each slot, and the
   next slot to write. Slots with segment 0 are padding and are never attended by real tokens."""
   dtype = dtype or config.jnp_dtype
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
   return {
       "k": jnp.zeros(shape, dtype),
       "v": jnp.zeros(shape, dtype),
@@ -216,7 +229,7 @@ class Decoder(nn.Module):
           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
           length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
     else:
-      self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+      self.layers = [layer_cls(cfg, i, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.final_norm = RMSNorm(cfg.rms_norm_eps, cfg.jnp_dtype, cfg.jnp_param_dtype)
     if not cfg.tie_embeddings:
       self.lm_head = Linear(cfg.vocab_size, dtype=cfg.jnp_dtype,
@@ -265,15 +278,11 @@ class Decoder(nn.Module):
     if cfg.scan_layers:
       x, new_layer_caches = self.layers(x, layer_caches, positions, segment_ids, cache_index,
                                         cache_segment_ids)
-    else:
-      outs = []
-      for i, layer in enumerate(self.layers):
-        layer_cache = None if layer_caches is None else (layer_caches[0][i], layer_caches[1][i])
-        x, new_layer_cache = layer(x, layer_cache, positions, segment_ids, cache_index,
-                                   cache_segment_ids)
-        outs.append(new_layer_cache)
-      new_layer_caches = None if cache is None else (
-          jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+    else:  # each layer writes its slots of the stacked cache in place and passes it on
+      new_layer_caches = layer_caches
+      for layer in self.layers:
+        x, new_layer_caches = layer(x, new_layer_caches, positions, segment_ids, cache_index,
+                                    cache_segment_ids)
 
     hidden = self.final_norm(x)
     logits = self.logits(hidden)
