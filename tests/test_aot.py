@@ -53,6 +53,25 @@ def test_tiny_forward_backward_compiles_for_v5e_2x2():
   # The analytic FLOP count (used for MFU) agrees with the TPU compiler's (layers unrolled).
   ratio = replicated["compiler_flops_per_step"] / replicated["flops_per_step"]
   assert 0.9 < ratio < 1.3, ratio
+  # The roofline fields follow from the compiler's counts and the v5e chip's figures.
+  chip = aot.CHIPS["v5e"]
+  bytes_per_chip = replicated["compiler_bytes_per_step"] / 4
+  assert bytes_per_chip > param_bytes  # at least the params are read
+  assert replicated["roofline_memory_s"] == pytest.approx(bytes_per_chip / chip.hbm_bytes_per_s)
+  assert replicated["roofline_step_s"] == max(replicated["roofline_compute_s"],
+                                              replicated["roofline_memory_s"])
+  assert 0 < replicated["roofline_mfu"] <= 1.3
+
+
+def test_roofline_picks_the_slower_of_compute_and_memory():
+  chip = aot.ChipSpec(hbm_bytes=1, bf16_flops=100.0, hbm_bytes_per_s=10.0,
+                      cores_per_chip_in_name=1, dims=2)
+  compute_bound = aot.roofline(1000.0, 10.0, 800.0, chip)  # 10 s of math, 1 s of memory
+  assert compute_bound["roofline_step_s"] == 10.0
+  assert compute_bound["roofline_mfu"] == pytest.approx(0.8)
+  memory_bound = aot.roofline(100.0, 50.0, 100.0, chip)  # 1 s of math, 5 s of memory
+  assert memory_bound["roofline_step_s"] == 5.0
+  assert memory_bound["roofline_mfu"] == pytest.approx(0.2)
 
 
 def test_tiny_train_step_compiles_with_optimizer_state():
