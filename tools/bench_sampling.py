@@ -33,6 +33,8 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_model_args import add_model_args, decoder_config  # noqa: E402  (beside this file)
+
 
 def _args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -44,12 +46,7 @@ def _args(argv=None):
   p.add_argument("--guidance", type=float, default=3.0)
   p.add_argument("--image_codes", type=int, default=4096,
                  help="the image range: the vocabulary's last IMAGE_CODES ids")
-  p.add_argument("--hidden", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--kv_heads", type=int, default=0, help="0: as --heads")
-  p.add_argument("--mlp", type=int, default=704)
-  p.add_argument("--vocab", type=int, default=8192)
+  add_model_args(p)
   p.add_argument("--repeats", type=int, default=3, help="timed rounds per side")
   a = p.parse_args(argv)
   if not 0 < a.image_codes < a.vocab:
@@ -80,11 +77,7 @@ def jax_side(a, prompt, uncond_mask):
   import jax.numpy as jnp
   from unimodal_jax import sampling
   from unimodal_jax.models.decoder import Decoder
-  from unimodal_jax.models.decoder_config import DecoderConfig
-  cfg = DecoderConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.mlp,
-                      num_layers=a.layers, num_heads=a.heads, num_kv_heads=a.kv_heads or a.heads,
-                      max_seq_len=a.prompt_len + max(a.image_tokens, a.text_tokens),
-                      rms_norm_eps=1e-6)
+  cfg = decoder_config(a, a.prompt_len + max(a.image_tokens, a.text_tokens))
   model = Decoder(cfg)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
   params = params["params"]

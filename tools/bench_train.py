@@ -23,18 +23,16 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import bench_model_args  # noqa: E402  (beside this file)
+from bench_model_args import add_model_args  # noqa: E402
+
 
 def _args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq_len", type=int, default=256)
-  p.add_argument("--hidden", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=8)
-  p.add_argument("--kv_heads", type=int, default=0, help="0: as --heads")
-  p.add_argument("--mlp", type=int, default=704)
-  p.add_argument("--vocab", type=int, default=8192)
+  add_model_args(p)
   p.add_argument("--steps", type=int, default=5, help="steps per timed round")
   p.add_argument("--repeats", type=int, default=5, help="timed rounds per side")
   p.add_argument("--no_compile", action="store_true", help="skip torch.compile")
@@ -42,11 +40,7 @@ def _args(argv=None):
 
 
 def decoder_config(a):
-  from unimodal_jax.models.decoder_config import DecoderConfig
-  return DecoderConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.mlp,
-                       num_layers=a.layers, num_heads=a.heads,
-                       num_kv_heads=a.kv_heads or a.heads, max_seq_len=a.seq_len,
-                       rms_norm_eps=1e-6, attention_impl="auto")
+  return bench_model_args.decoder_config(a, a.seq_len)
 
 
 def jax_runner(a, tokens):

@@ -1,0 +1,19 @@
+"""The model shape flags the benchmark tools share (issue 8's config as defaults), and the
+DecoderConfig they describe."""
+
+
+def add_model_args(p):
+  p.add_argument("--hidden", type=int, default=256)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--kv_heads", type=int, default=0, help="0: as --heads")
+  p.add_argument("--mlp", type=int, default=704)
+  p.add_argument("--vocab", type=int, default=8192)
+
+
+def decoder_config(a, max_seq_len: int):
+  from unimodal_jax.models.decoder_config import DecoderConfig
+  return DecoderConfig(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=a.mlp,
+                       num_layers=a.layers, num_heads=a.heads,
+                       num_kv_heads=a.kv_heads or a.heads, max_seq_len=max_seq_len,
+                       rms_norm_eps=1e-6, attention_impl="auto")
