@@ -9,7 +9,7 @@ import pytest
 from unimodal_jax.models import attention
 from unimodal_jax.models.blockwise_attention import blockwise_causal_attention
 from unimodal_jax.models.linear import _matmul, linear
-from unimodal_jax.train.cross_entropy import cross_entropy_and_lse
+from unimodal_jax.train.cross_entropy import cross_entropy_lse_and_correct
 
 
 def _normal(rng, shape, dtype=jnp.float32):
@@ -70,7 +70,7 @@ def test_cross_entropy_matches_optax_with_lse_gradient():
   rng = np.random.default_rng(1)
   logits = _normal(rng, (2, 5, 11)) * 3
   labels = jnp.asarray(rng.integers(0, 11, (2, 5)), jnp.int32)
-  ce, lse, correct = cross_entropy_and_lse(logits, labels)
+  ce, lse, correct = cross_entropy_lse_and_correct(logits, labels)
   np.testing.assert_allclose(ce, optax.softmax_cross_entropy_with_integer_labels(logits, labels),
                              rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(lse, jax.nn.logsumexp(logits, -1), rtol=1e-6)
@@ -78,7 +78,7 @@ def test_cross_entropy_matches_optax_with_lse_gradient():
   w = _normal(rng, (2, 5))
 
   def ours(x):  # the loss with a z-loss term, so both cotangents are non-zero
-    ce, lse, _ = cross_entropy_and_lse(x, labels)
+    ce, lse, _ = cross_entropy_lse_and_correct(x, labels)
     return jnp.sum(w * ce) + 0.1 * jnp.sum(lse ** 2)
 
   def reference(x):
@@ -91,7 +91,7 @@ def test_cross_entropy_matches_optax_with_lse_gradient():
 
 def test_cross_entropy_counts_a_label_tied_for_the_max_as_correct():
   logits = jnp.asarray([[1.0, 3.0, 3.0, 0.0]])
-  _, _, correct = cross_entropy_and_lse(logits, jnp.asarray([2]))
+  _, _, correct = cross_entropy_lse_and_correct(logits, jnp.asarray([2]))
   assert float(correct[0]) == 1.0
 
 

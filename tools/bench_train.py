@@ -24,7 +24,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bench_model_args  # noqa: E402  (beside this file)
-from bench_model_args import add_model_args  # noqa: E402
 
 
 def _args(argv=None):
@@ -32,7 +31,7 @@ def _args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq_len", type=int, default=256)
-  add_model_args(p)
+  bench_model_args.add_model_args(p)
   p.add_argument("--steps", type=int, default=5, help="steps per timed round")
   p.add_argument("--repeats", type=int, default=5, help="timed rounds per side")
   p.add_argument("--no_compile", action="store_true", help="skip torch.compile")

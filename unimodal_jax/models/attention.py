@@ -3,14 +3,15 @@
 Layout [batch, length, heads, head_dim]; grouped-query heads (key/value heads divide query heads);
 packed sequences by segment ids (0 marks padding); an optional query offset for KV-cache decoding.
 
-Dispatch (`impl`): 'xla' is jax.nn.dot_product_attention with an explicit mask (the reference,
-and the decoding path); 'pallas' is the fused kernel in kernels/flash_attention.py (on TPU/GPU; in
-interpret mode on a CPU; for TPU descriptions when compiling ahead of time); 'blockwise' is
+Dispatch (`impl`): 'xla' is jax.nn.dot_product_attention with an explicit mask (the reference);
+'pallas' is the fused kernel in kernels/flash_attention.py (on TPU/GPU; in interpret mode on a
+CPU; for TPU descriptions when compiling ahead of time); 'blockwise' is
 models/blockwise_attention.py (plain XLA ops that skip the masked half of the causal square, with
-a flash-style backward: the CPU training path). 'auto' picks, for training-shaped calls (no cache
-offset), the kernel on TPU/GPU and 'blockwise' elsewhere, and XLA for decoding. Inside `sharding.activation_sharding(mesh)` the kernel runs
-under jax.shard_map over the mesh's batch (and, when they divide, head) axes, since Mosaic
-kernels cannot be partitioned automatically.
+a flash-style backward). 'auto' picks, for training-shaped calls (no cache offset), the kernel on
+TPU/GPU and 'blockwise' elsewhere, and 'xla' otherwise. The decoder's KV-cache decoding does not
+come through here: it calls `cached_attention` (below) on its heads-major cache. Inside
+`sharding.activation_sharding(mesh)` the kernel runs under jax.shard_map over the mesh's batch
+(and, when they divide, head) axes, since Mosaic kernels cannot be partitioned automatically.
 """
 from __future__ import annotations
 

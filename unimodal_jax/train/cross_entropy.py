@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 
 @jax.custom_vjp
-def cross_entropy_and_lse(logits, labels):
+def cross_entropy_lse_and_correct(logits, labels):
   """(ce, lse, correct), each [...]: ce = lse - logits[label], lse = logsumexp over the last
   axis, correct = 1.0 where the label's logit is the largest (ties count as correct), not
   differentiable. logits float [..., vocab]; labels int [...] in [0, vocab)."""
@@ -41,4 +41,4 @@ def _backward(residuals, cotangents):
   return d_logits, None
 
 
-cross_entropy_and_lse.defvjp(_forward, _backward)
+cross_entropy_lse_and_correct.defvjp(_forward, _backward)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from unimodal_jax.train.cross_entropy import cross_entropy_and_lse
+from unimodal_jax.train.cross_entropy import cross_entropy_lse_and_correct
 
 MODALITIES = ("text", "image")
 
@@ -22,7 +22,7 @@ def loss_sums(logits, batch, z_loss_weight: float = 0.0) -> dict:
   targets = batch["targets"]
   mask = batch.get("target_mask")
   mask = jnp.ones(targets.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-  ce, lse, correct = cross_entropy_and_lse(logits, targets)
+  ce, lse, correct = cross_entropy_lse_and_correct(logits, targets)
   sums = {
       "weight": jnp.sum(mask),
       "ce": jnp.sum(ce * mask),
