@@ -140,6 +140,32 @@ def test_convert_writes_a_vit_checkpoint_that_loads(tmp_path):
     hf_clip.convert_clip_vision(str(tmp_path / "hf"), str(tmp_path / "ours"))
 
 
+def test_convert_hf_tool_routes_vision_towers_and_checks_them(tmp_path, capsys):
+  """tools/convert_hf.py picks the vision converter from config.json's model_type (a full
+  SiglipModel here: only its vision half is kept) and --check_logits compares with transformers."""
+  sys.path.insert(0, os.path.join(REPO, "tools"))
+  try:
+    import convert_hf
+  finally:
+    sys.path.pop(0)
+  torch.manual_seed(6)
+  full = _perturbed(transformers.SiglipModel(transformers.SiglipConfig(
+      vision_config=SMALL, text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=48,
+                                            num_hidden_layers=1, num_attention_heads=2))), 6)
+  full.save_pretrained(tmp_path / "hf")
+  rc = convert_hf.main(["--hf_dir", str(tmp_path / "hf"), "--out_dir", str(tmp_path / "ours"),
+                        "--check_logits"])
+  out = capsys.readouterr().out
+  assert rc == 0, out
+  assert "converted vision tower: 3 layers, hidden 64" in out and "ok" in out
+  model, params = hf_clip.load_vit(str(tmp_path / "ours"))
+  _compare(full.vision_model, model, params, _images(model.config), "siglip via convert_hf")
+  # A tolerance no float32 run can meet makes the check fail (it compares, not just runs).
+  rc = convert_hf.main(["--hf_dir", str(tmp_path / "hf"), "--out_dir", str(tmp_path / "again"),
+                        "--check_logits", "--tolerance", "0"])
+  assert rc == 1 and "FAILED" in capsys.readouterr().out
+
+
 def test_num_params_matches_the_initialized_tree():
   for kw in ({}, dict(class_token=False, patch_bias=True, pre_layernorm=False,
                       post_layernorm="sequence", pooling="map", hidden_act="gelu_tanh"),

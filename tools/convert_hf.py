@@ -1,11 +1,16 @@
-"""Convert a Hugging Face LLaMA/Vicuna or Qwen2 checkpoint into an orbax checkpoint of ours.
+"""Convert a Hugging Face checkpoint into an orbax checkpoint of ours: a LLaMA/Vicuna or Qwen2
+decoder, or a CLIP / SigLIP vision tower (ILLUME's image encoder).
 
     python tools/convert_hf.py --hf_dir DIR --out_dir OUT [--dtype keep|float32|bfloat16]
 
-DIR holds config.json and model.safetensors (or model.safetensors.index.json with its shards).
-OUT becomes an orbax CheckpointManager directory (step 0: params + model config) that
-`unimodal_jax.load_pretrained(OUT)` reads. Tensors stream from memory maps of the safetensors
-files, so with --dtype keep (the default) RAM stays far below the model's size.
+DIR holds config.json and model.safetensors (or model.safetensors.index.json with its shards);
+config.json's model_type picks the converter: llama / qwen2 -> a decoder that
+`unimodal_jax.load_pretrained(OUT)` reads; clip, clip_vision_model, siglip, siglip_vision_model ->
+the vision tower (a full CLIPModel/SiglipModel keeps only its vision half) that
+`unimodal_jax.hf_clip.load_vit(OUT)` reads. OUT becomes an orbax CheckpointManager directory
+(step 0: params + model config). Tensors stream from memory maps of the safetensors files, so
+with --dtype keep (the default) RAM stays far below the model's size. --check_logits compares
+with transformers afterwards (logits for a decoder, hidden states for a vision tower).
 """
 from __future__ import annotations
 
@@ -30,8 +35,9 @@ def parse_args(argv=None):
                  help="compute dtype recorded in the model config (bfloat16 on accelerators)")
   p.add_argument("--check_logits", action="store_true",
                  help="after converting, run the Hugging Face model (needs torch + transformers "
-                      "and RAM for it in float32) and ours on the same random tokens; fail unless "
-                      "max |logit difference| <= --tolerance")
+                      "and RAM for it in float32) and ours on the same random tokens (or random "
+                      "images for a vision tower); fail unless max |logit difference| (hidden-"
+                      "state difference) <= --tolerance")
   p.add_argument("--tolerance", type=float, default=1e-4,
                  help="largest max |logit difference| --check_logits accepts (float32)")
   p.add_argument("--concurrent_gb", type=float, default=1.0,
@@ -54,6 +60,8 @@ def main(argv=None) -> int:
   start = time.time()
   with open(config_path) as f:
     hf_config = json.load(f)
+  if hf_config.get("model_type") in VISION_MODEL_TYPES:
+    return convert_vision(args, start)
   config = hf_decoder.config_from_hf(hf_config, where=config_path, param_dtype=args.param_dtype,
                                      dtype=args.compute_dtype)
   reader = hf_decoder.SafetensorsDir(args.hf_dir)
@@ -68,6 +76,31 @@ def main(argv=None) -> int:
     ok = diff <= args.tolerance
     print(f"logit check: max |ours - transformers| = {diff:.3g} "
           f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})", flush=True)
+    return 0 if ok else 1
+  return 0
+
+
+VISION_MODEL_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
+
+
+def convert_vision(args, start: float) -> int:
+  from unimodal_jax import hf_clip
+
+  cfg = hf_clip.convert_clip_vision(args.hf_dir, args.out_dir, dtype=args.dtype,
+                                    param_dtype=args.param_dtype,
+                                    compute_dtype=args.compute_dtype,
+                                    concurrent_gb=args.concurrent_gb)
+  print(f"converted vision tower: {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+        f"{cfg.image_size} px in patches of {cfg.patch_size}, pooling {cfg.pooling!r}, "
+        f"{cfg.num_params() / 1e6:.1f}M params -> {args.out_dir} in {time.time() - start:.1f}s",
+        flush=True)
+  if args.check_logits:
+    diff = hf_clip.max_difference(args.hf_dir, args.out_dir)
+    worst = max(diff.values())
+    ok = worst <= args.tolerance
+    print(f"hidden-state check: max |ours - transformers| = "
+          + ", ".join(f"{k} {v:.3g}" for k, v in diff.items())
+          + f" ({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})", flush=True)
     return 0 if ok else 1
   return 0
 
