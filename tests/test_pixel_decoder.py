@@ -1,5 +1,5 @@
 """The diffusion pixel decoder: sampler math against an exact velocity field, guidance
-identities, and learning a conditional distribution."""
+identities, and learning a conditional distribution, for both denoisers (DiT and conv)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,8 +9,13 @@ import pytest
 
 from unimodal_jax.models import pixel_decoder as pd
 
-CFG = pd.PixelDecoderConfig(image_size=8, patch_size=4, hidden_size=32, num_layers=2,
-                            num_heads=2, cond_dim=8, cond_tokens=2, spatial_cond=False)
+CFG = pd.PixelDecoderConfig(architecture="dit", image_size=8, patch_size=4, hidden_size=32,
+                            num_layers=2, num_heads=2, cond_dim=8, cond_tokens=2,
+                            spatial_cond=False)
+# The conv denoiser needs a square grid of condition tokens: one token is a 1 x 1 grid.
+CONV_CFG = pd.PixelDecoderConfig(architecture="conv", image_size=8, patch_size=2, hidden_size=16,
+                                 num_layers=2, cond_blocks=1, cond_dim=8, cond_tokens=1)
+BOTH = pytest.mark.parametrize("cfg", [CFG, CONV_CFG], ids=["dit", "conv"])
 
 
 def test_euler_sampler_reaches_the_data_with_the_exact_velocity():
@@ -36,13 +41,14 @@ def _init(cfg=CFG):
   return decoder, params
 
 
-def test_guidance_identities():
-  decoder, params = _init()
+@BOTH
+def test_guidance_identities(cfg):
+  decoder, params = _init(cfg)
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape),
                         params)  # zero-initialized outputs would make every identity trivial
   x = jax.random.normal(jax.random.key(3), (2, 8, 8, 3))
   t = jnp.array([0.3, 0.8])
-  cond = jax.random.normal(jax.random.key(4), (2, 2, 8))
+  cond = jax.random.normal(jax.random.key(4), (2, cfg.cond_tokens, 8))
   v_cond = decoder.apply({"params": params}, x, t, cond)
   v_null = decoder.apply({"params": params}, x, t, None)
   assert float(jnp.abs(v_cond - v_null).max()) > 1e-3
@@ -51,13 +57,14 @@ def test_guidance_identities():
     np.testing.assert_allclose(v, v_null + w * (v_cond - v_null), atol=1e-5)
 
 
-def test_learns_a_conditional_distribution():
+@BOTH
+def test_learns_a_conditional_distribution(cfg):
   """Two conditions, each owning one solid-color image: after training, samples for each
   condition have that condition's color (guidance sharpens it)."""
   colors = jnp.array([[230, 40, 40], [40, 40, 230]], jnp.uint8)
   images = jnp.broadcast_to(colors[:, None, None, :], (2, 8, 8, 3))
-  conds = jnp.stack([jnp.full((2, 8), 1.0), jnp.full((2, 8), -1.0)])
-  decoder, params = _init()
+  conds = jnp.stack([jnp.full((cfg.cond_tokens, 8), 1.0), jnp.full((cfg.cond_tokens, 8), -1.0)])
+  decoder, params = _init(cfg)
   tx = optax.adam(3e-3)
   opt = tx.init(params)
 
@@ -83,8 +90,14 @@ def test_learns_a_conditional_distribution():
 def test_config_errors():
   with pytest.raises(ValueError, match="image_size=30 is not a multiple of patch_size=4"):
     pd.PixelDecoderConfig(image_size=30, patch_size=4)
-  with pytest.raises(ValueError, match="square grid dividing the 8x8 patch grid"):
-    pd.PixelDecoderConfig(image_size=32, patch_size=4, cond_tokens=9)
+  with pytest.raises(ValueError, match="spatial_cond needs the 9 condition tokens to be a "
+                     "square grid dividing the 8x8 patch grid"):
+    pd.PixelDecoderConfig(architecture="dit", image_size=32, patch_size=4, cond_tokens=9)
+  with pytest.raises(ValueError, match="'conv' needs the 2 condition tokens to be a square grid"):
+    pd.PixelDecoderConfig(architecture="conv", image_size=32, patch_size=4, cond_tokens=2)
+  with pytest.raises(ValueError, match="architecture='unet'; expected one of"):
+    pd.PixelDecoderConfig(architecture="unet")
+  assert pd.PixelDecoderConfig().architecture == "conv"
 
 
 def test_spatial_condition_lands_on_the_patches_of_its_cell():
@@ -102,11 +115,12 @@ def test_spatial_condition_lands_on_the_patches_of_its_cell():
   assert np.abs(cell0 - centre).max() < np.abs(cell0 - patches0[3, 3]).max()
 
 
-def test_sampler_shapes_and_determinism():
-  decoder, params = _init()
+@BOTH
+def test_sampler_shapes_and_determinism(cfg):
+  decoder, params = _init(cfg)
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape),
                         params)
-  cond = jax.random.normal(jax.random.key(6), (3, 2, 8))
+  cond = jax.random.normal(jax.random.key(6), (3, cfg.cond_tokens, 8))
   a = pd.sample(decoder, params, cond, jax.random.key(9), steps=4, guidance=1.5)
   b = pd.sample(decoder, params, cond, jax.random.key(9), steps=4, guidance=1.5)
   c = pd.sample(decoder, params, cond, jax.random.key(10), steps=4, guidance=1.5)

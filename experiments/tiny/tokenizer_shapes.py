@@ -29,7 +29,8 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.encoder = dict(clip_config=os.path.join(HERE, "clip_shapes.py"),
                    clip_variant="micro" if micro else "", clip_workdir="")
-  c.data = dict(image_size=32, seed=0, train_count=300 if micro else 6000, eval_seed=1,
+  c.data = dict(world="shapes", image_size=32, seed=0, train_count=300 if micro else 6000,
+                eval_seed=1,
                 eval_count=24 if micro else 200)
   c.tokenizer = dict(codebook_size=512, code_dim=32, decoder_hidden=96, decoder_layers=2,
                      decoder_heads=4, smooth_l1_weight=1.0, cosine_weight=1.0,
@@ -37,9 +38,11 @@ def get_config(arg=None):
                                     dead_code_threshold=0.05, commitment_weight=0.25))
   c.tokenizer_train = dict(steps=20 if micro else 1500, batch_size=32 if micro else 128,
                            learning_rate=1e-3, log_every=10 if micro else 250)
-  c.pixel_decoder = dict(patch_size=4, hidden_size=64 if micro else 128,
-                         num_layers=2 if micro else 4, num_heads=4, cond_dropout=0.1)
-  c.pixel_train = dict(steps=20 if micro else 3000, batch_size=32 if micro else 64,
+  # The conv denoiser (models/conv_denoiser.py) on the 8 x 8 grid of 4 px patches.
+  c.pixel_decoder = dict(architecture="conv", patch_size=4, hidden_size=32 if micro else 128,
+                         num_layers=1 if micro else 4, cond_blocks=1 if micro else 2,
+                         cond_dropout=0.1)
+  c.pixel_train = dict(steps=20 if micro else 1500, batch_size=32 if micro else 64,
                        learning_rate=1e-3, log_every=10 if micro else 500)
   c.baseline = dict(width=32, downsample=2, codebook_size=512, code_dim=32,
                     quantizer=dict(ema_decay=0.99, dead_code_threshold=0.05))

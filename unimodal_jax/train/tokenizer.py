@@ -1,13 +1,16 @@
-"""Train ILLUME's semantic vision tokenizer on a built-in world, end to end on a CPU:
+"""Train ILLUME's semantic vision tokenizer on a built-in world (`data.world`: 'shapes' or
+'digits'), end to end on a CPU:
 
   1. encoder  a small CLIP (train/contrastive.py) gives the semantic features (its ViT's patch
               tokens); trained here unless `encoder.clip_workdir` already holds one
   2. tokenizer features -> VQ ids -> features (smooth-L1 + cosine), the encoder frozen
   3. pixels   the diffusion pixel decoder learns images from the *reconstructed* features
   4. baseline the pixel-reconstruction VQ tokenizer (ILLUME Fig. 6's comparison) on the same images
-  5. eval     held-out scenes: feature cosine, codebook usage/perplexity, and the shapes judge on
-              detokenize(encode(image)) (does the picture still hold the same objects?) against
-              the baseline's reconstructions and the originals
+  5. eval     held-out images: feature cosine, codebook usage/perplexity, and the world's judge
+              on detokenize(encode(image)) against the baseline's reconstructions and the
+              originals: shapes, does the picture still hold the same objects
+              (`judge_same_objects`); digits, does the judge still read the same digit
+              (`judge_digit_accuracy`, on the 'judge_test' scans the judge never trained on)
 
     python -m unimodal_jax.train.tokenizer --config=experiments/tiny/tokenizer_shapes.py --workdir=DIR
 
@@ -46,6 +49,39 @@ def _shapes_images(seed: int, count: int, size: int):
     ims.append(images_lib.decode_resize(doc.segments[0].image, size, where=doc.id))
     scenes.append(doc.metadata["scene"])
   return np.stack(ims), scenes
+
+
+class _World:
+  """A world's train and held-out images and its judge: score(images) = the fraction of
+  held-out images the judge reads as the originals were (results key `judge_key`)."""
+
+  def __init__(self, data, size: int):
+    self.name = str(data.get("world", "shapes"))
+    if self.name == "shapes":
+      from unimodal_jax.data.worlds import shapes
+      from unimodal_jax.eval import shapes_judge
+      self.train, _ = _shapes_images(int(data.seed), int(data.train_count), size)
+      self.eval, scenes = _shapes_images(int(data.eval_seed), int(data.eval_count), size)
+      objects = [shapes.scene_from_description(sc).objects for sc in scenes]
+      self.judge_key = "judge_same_objects"
+      self._score = lambda images: float(np.mean([
+          shapes_judge.same_objects(shapes_judge.detect(im), objs)
+          for im, objs in zip(images, objects)]))
+    elif self.name == "digits":
+      from unimodal_jax.data.worlds import digits
+      render = lambda scans: np.stack([digits.render(s, size) for s in scans])
+      scans, _ = digits.split("train")
+      self.train = render(scans[:int(data.train_count)])
+      scans, labels = digits.split("judge_test")
+      self.eval, labels = render(scans[:int(data.eval_count)]), labels[:int(data.eval_count)]
+      judge = digits.DigitsJudge()
+      self.judge_key = "judge_digit_accuracy"
+      self._score = lambda images: judge.accuracy(images, labels)
+    else:
+      raise ValueError(f"config.data.world={self.name!r}; expected 'shapes' or 'digits'")
+
+  def score(self, images) -> float:
+    return self._score(np.asarray(images))
 
 
 def _batches(n, batch, steps, seed):
@@ -153,14 +189,13 @@ def run(config, workdir: str, *, log=print) -> dict:
     return np.concatenate([np.asarray(features_of(images[i:i + 256]))
                            for i in range(0, len(images), 256)])
 
-  # Data: shapes scenes, train and held-out streams.
+  # Data: the world's train and held-out images.
   t0 = time.time()
-  train_images, _ = _shapes_images(int(config.data.seed), int(config.data.train_count), size)
-  eval_images, eval_scenes = _shapes_images(int(config.data.eval_seed),
-                                            int(config.data.eval_count), size)
+  world = _World(config.data, size)
+  train_images, eval_images = world.train, world.eval
   train_feats, eval_feats = all_features(train_images), all_features(eval_images)
-  log(f"data: {len(train_images)} train / {len(eval_images)} held-out scenes at {size}px; "
-      f"features {train_feats.shape[1:]} in {time.time() - t0:.1f}s")
+  log(f"data: {world.name}, {len(train_images)} train / {len(eval_images)} held-out images at "
+      f"{size}px; features {train_feats.shape[1:]} in {time.time() - t0:.1f}s")
 
   # 2. Semantic tokenizer.
   tok_cfg = vt.SemanticTokenizerConfig(feature_dim=train_feats.shape[-1],
@@ -236,9 +271,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   baseline_result = (_train_baseline(config, size, train_images, eval_images, log)
                      if int(config.baseline_train.steps) > 0 else None)
 
-  # 5. Evaluation on held-out scenes.
-  from unimodal_jax.data.worlds import shapes
-  from unimodal_jax.eval import shapes_judge
+  # 5. Evaluation on held-out images.
   eval_ids = np.asarray(encode(jnp.asarray(eval_feats)))
   eval_cond = recon_features(eval_feats)
   cosine = float(vt.feature_reconstruction_loss(jnp.asarray(eval_cond), jnp.asarray(eval_feats),
@@ -251,29 +284,25 @@ def run(config, workdir: str, *, log=print) -> dict:
                              guidance=float(config.sample.guidance)))
       for i in range(0, len(eval_cond), 64)])
 
-  def judge(images):
-    hits = [shapes_judge.same_objects(shapes_judge.detect(im),
-                                      shapes.scene_from_description(sc).objects)
-            for im, sc in zip(images, eval_scenes)]
-    return float(np.mean(hits))
-
+  judge = world.score
   results = {
+      "world": world.name,
       "semantic_tokenizer": {
           "feature_cosine": cosine,
           "codebook_usage": float(len(nz) / tok_cfg.codebook_size),
           "perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
-          "judge_same_objects": judge(semantic_images),
+          world.judge_key: judge(semantic_images),
           "tokens_per_image": int(eval_ids.shape[1]),
           "train_seconds": tok_seconds, "pixel_decoder_seconds": pd_seconds,
       },
-      "originals_judge_same_objects": judge(eval_images),
-      "eval_scenes": len(eval_images),
+      "originals_" + world.judge_key: judge(eval_images),
+      "eval_images": len(eval_images),
       "wall_time_s": time.time() - wall,
   }
   rows = [eval_images[:12], semantic_images[:12]]
   if baseline_result is not None:
     baseline_images, results["pixel_vq_baseline"] = baseline_result
-    results["pixel_vq_baseline"]["judge_same_objects"] = judge(baseline_images)
+    results["pixel_vq_baseline"][world.judge_key] = judge(baseline_images)
     rows.append(baseline_images[:12])
   _save_grid(os.path.join(workdir, "samples.png"), rows)
   results_lib.write_json(os.path.join(workdir, "results.json"), results)

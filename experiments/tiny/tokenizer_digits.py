@@ -1,0 +1,23 @@
+"""ILLUME's semantic tokenizer on the digits world (sklearn's 8x8 scans rendered at 32 px):
+tokenizer_shapes.py's model and schedule on other images.
+
+    python -m unimodal_jax.train.tokenizer --config=experiments/tiny/tokenizer_digits.py --workdir=/tmp/tokd
+
+The CLIP is the one tokenizer_shapes.py trains (experiments/tiny/clip_shapes.py sees both worlds'
+captions); point `encoder.clip_workdir` at a shapes run's DIR/clip to reuse it. Train images:
+the 1,078 scans of the digits 'train' split; held out: the 270 'judge_test' scans, scored by the
+digits judge (an SVM trained on the 'judge_train' split, 98% on clean renders):
+DIR/results.json `semantic_tokenizer.judge_digit_accuracy` is how often it still reads the same
+digit after tokenize -> detokenize. `:micro` is the seconds-long smoke variant.
+"""
+from experiments.tiny import tokenizer_shapes
+
+
+def get_config(arg=None):
+  if arg not in (None, "", "micro"):
+    raise ValueError(f"experiments/tiny/tokenizer_digits.py: unknown variant {arg!r}")
+  c = tokenizer_shapes.get_config(arg)
+  micro = arg == "micro"
+  c.data.update(world="digits", train_count=200 if micro else 1078,
+                eval_count=24 if micro else 270)
+  return c
