@@ -121,3 +121,29 @@ def test_tokenizer_encode_compiles_for_tpu_with_the_fused_lookup():
   with sharding.activation_sharding(mesh):
     hlo = encode.lower(variables, x).compile().as_text()
   assert "tpu_custom_call" in hlo  # the Mosaic kernel, not an XLA N x K argmin
+
+
+def test_paper_scale_tokenizer_config_has_the_papers_shape():
+  """experiments/illume/tokenizer.py: 256 tokens per image from the ViT-L/14 tower's 16 x 16
+  patches, 16,384 codes, a 512 px pixel decoder whose patch grid is the token grid (built
+  abstractly: no memory is allocated)."""
+  from experiments.illume import tokenizer as paper
+  from unimodal_jax.models import pixel_decoder as pdec
+  tok_cfg, pixel_cfg = paper.model_configs(paper.get_config())
+  assert (tok_cfg.num_tokens, tok_cfg.codebook_size, tok_cfg.feature_dim) == (256, 16_384, 1024)
+  assert pixel_cfg.image_size == 512 and pixel_cfg.grid == pixel_cfg.cond_grid == 16
+  feats = jnp.zeros((2, 256, 1024))
+  tok = vt.SemanticTokenizer(tok_cfg)
+  variables = jax.eval_shape(lambda: tok.init(jax.random.key(0), feats))
+  ids = jax.eval_shape(lambda v: tok.apply(v, feats, method=vt.SemanticTokenizer.encode),
+                       variables)
+  assert ids.shape == (2, 256) and jnp.issubdtype(ids.dtype, jnp.integer)
+  decoder = pdec.PixelDecoder(pixel_cfg)
+  images = jnp.zeros((2, 512, 512, 3))
+  params = jax.eval_shape(lambda: decoder.init(jax.random.key(0), images, jnp.zeros((2,)), feats))
+  out = jax.eval_shape(lambda p: decoder.apply(p, images, jnp.zeros((2,)), feats), params)
+  assert out.shape == (2, 512, 512, 3)
+  # The codebook (an EMA statistic here, not a param): 16,384 codes of 32 dims.
+  assert (16_384, 32) in [leaf.shape for leaf in jax.tree.leaves(variables)]
+  with pytest.raises(ValueError, match="takes no variant"):
+    paper.get_config("micro")
