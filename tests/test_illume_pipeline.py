@@ -60,3 +60,24 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   again = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 0 and again.stdout.count("done earlier") == 6
+
+
+def test_stage_dir_of_another_config_is_moved_aside(tmp_path):
+  """A stage killed mid-run resumes from its checkpoints only if they were made with the same
+  stage config; otherwise (the config changed between runs) they are kept aside, renamed, and
+  the stage starts from an empty directory."""
+  from unimodal_jax.pipeline import recipe
+  logs = []
+  stage = tmp_path / "stage1"
+  recipe._claim_stage_dir(str(stage), "fp-a", logs.append)
+  (stage / "checkpoints").mkdir()
+  (stage / "checkpoints" / "marker").write_text("a")
+  recipe._claim_stage_dir(str(stage), "fp-a", logs.append)  # same config: resume in place
+  assert (stage / "checkpoints" / "marker").read_text() == "a" and not logs
+  recipe._claim_stage_dir(str(stage), "fp-b", logs.append)  # another config: moved aside
+  assert (tmp_path / "stage1.stale-1" / "checkpoints" / "marker").read_text() == "a"
+  assert sorted(os.listdir(stage)) == ["stage_config.fingerprint"]
+  assert "moved it to" in logs[0] and "stage1.stale-1" in logs[0]
+  (stage / "x").write_text("b")
+  recipe._claim_stage_dir(str(stage), "fp-c", logs.append)  # a second change: a new name
+  assert (tmp_path / "stage1.stale-2" / "x").read_text() == "b"

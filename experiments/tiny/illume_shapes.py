@@ -48,7 +48,11 @@ def get_config(arg=None):
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
                head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
   c.adapter_hidden = 0
-  c.text_vocab_size = 320  # the world's texts allow at most about 360 pieces
+  # BPE, so every word of the world is one piece: with byte fallback, 260 of the vocabulary are
+  # bytes and specials; a 320-piece unigram model spelled "yes", "purple" and "What" letter by
+  # letter, which left the tiny LLM to assemble words before it could bind them to the image.
+  c.text_model_type = "bpe"
+  c.text_vocab_size = 512
   c.seq_len = 96 if micro else 128
   c.format = dict(image_size=size, max_images=4 if micro else 6, text_dropout=0.1)
 

@@ -142,14 +142,16 @@ def run(config, workdir: str, *, log=print) -> dict:
   # 2. Pre-tokenized data and the text tokenizer.
   data_dir = os.path.join(workdir, "data")
   spm_path = os.path.join(data_dir, "spm.model")
-  fp = _fingerprint([config.data.to_dict(), config.text_vocab_size, done["tokenizer"]["config"]])
+  text_model_type = str(config.get("text_model_type", "unigram"))
+  fp = _fingerprint([config.data.to_dict(), config.text_vocab_size, text_model_type,
+                     done["tokenizer"]["config"]])
   if not skip(2, "data", fp):
     lg, t0 = progress.phase(2, "data"), time.time()
     from unimodal_jax.data import text_tokenizer
     from unimodal_jax.pipeline import pretokenize
     os.makedirs(data_dir, exist_ok=True)
     text_tokenizer.train_sentencepiece(_texts_for_tokenizer(config), spm_path,
-                                       int(config.text_vocab_size))
+                                       int(config.text_vocab_size), model_type=text_model_type)
     counts = {}
     for task, count in config.data.counts.items():
       counts[task] = pretokenize.write_task(os.path.join(data_dir, task), task,
@@ -172,6 +174,7 @@ def run(config, workdir: str, *, log=print) -> dict:
     if not skip(k, name, fp):
       lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
                                    f"{cfg.seq_len})")
+      _claim_stage_dir(stage_dir, fp, lg)
       t0 = time.time()
       from unimodal_jax.train import loop
       figures = loop.run(cfg, stage_dir, log=lg)
@@ -191,6 +194,26 @@ def run(config, workdir: str, *, log=print) -> dict:
   log(f"=== done in {progress.elapsed()} (this run {time.time() - wall:.0f}s); "
       f"{os.path.join(workdir, 'results.md')}")
   return results
+
+
+def _claim_stage_dir(stage_dir: str, fingerprint: str, log) -> None:
+  """Make stage_dir belong to this stage config. A run killed mid-stage left checkpoints made
+  with the same config: the loop resumes from them. Checkpoints made with another config (the
+  config or the data changed since) cannot be resumed, so the directory is moved aside to
+  `<stage_dir>.stale-<n>` (kept, not deleted) and the stage starts over."""
+  stamp = os.path.join(stage_dir, "stage_config.fingerprint")
+  if os.path.isdir(stage_dir) and os.listdir(stage_dir):
+    previous = open(stamp).read().strip() if os.path.exists(stamp) else None
+    if previous == fingerprint:
+      return
+    n = 1
+    while os.path.exists(f"{stage_dir}.stale-{n}"):
+      n += 1
+    os.rename(stage_dir, f"{stage_dir}.stale-{n}")
+    log(f"{stage_dir} holds a run of another config; moved it to {stage_dir}.stale-{n}")
+  os.makedirs(stage_dir, exist_ok=True)
+  with open(stamp, "w") as f:
+    f.write(fingerprint + "\n")
 
 
 def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
