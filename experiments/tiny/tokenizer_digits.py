@@ -9,6 +9,11 @@ the 1,078 scans of the digits 'train' split; held out: the 270 'judge_test' scan
 digits judge (an SVM trained on the 'judge_train' split, 98% on clean renders):
 DIR/results.json `semantic_tokenizer.judge_digit_accuracy` is how often it still reads the same
 digit after tokenize -> detokenize. `:micro` is the seconds-long smoke variant.
+
+Measured (2 cores, the CLIP of a main-job run reused, baseline off): feature cosine 0.978,
+codebook usage 0.994 (16 tokens per image, 512 codes), and the judge reads the same digit in
+0.993 of the 270 reconstructions (0.981 of the originals: the reconstructions are smoother);
+tokenizer 157 s, pixel decoder 1,500 steps 861 s with another job on the cores.
 """
 from experiments.tiny import tokenizer_shapes
 
