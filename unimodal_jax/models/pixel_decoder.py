@@ -60,13 +60,11 @@ class PixelDecoderConfig:
     if self.image_size % self.patch_size:
       raise ValueError(f"pixel_decoder.image_size={self.image_size} is not a multiple of "
                        f"patch_size={self.patch_size}")
-    if self.architecture == "conv" and (self.cond_grid ** 2 != self.cond_tokens
-                                        or self.grid % self.cond_grid):
+    if self.architecture == "conv" and not self.cond_tokens_tile_the_grid:
       raise ValueError(f"pixel_decoder.architecture='conv' needs the {self.cond_tokens} "
                        f"condition tokens to be a square grid dividing the "
                        f"{self.grid}x{self.grid} patch grid; use architecture='dit'")
-    if self.architecture == "dit" and self.spatial_cond and (
-        self.cond_grid ** 2 != self.cond_tokens or self.grid % self.cond_grid):
+    if self.architecture == "dit" and self.spatial_cond and not self.cond_tokens_tile_the_grid:
       raise ValueError(f"pixel_decoder.spatial_cond needs the {self.cond_tokens} condition "
                        f"tokens to be a square grid dividing the {self.grid}x{self.grid} patch "
                        f"grid; set spatial_cond=False")
@@ -85,6 +83,11 @@ class PixelDecoderConfig:
   @property
   def cond_grid(self) -> int:
     return math.isqrt(self.cond_tokens)
+
+  @property
+  def cond_tokens_tile_the_grid(self) -> bool:
+    """The condition tokens form a square grid whose cells cover whole patches."""
+    return self.cond_grid ** 2 == self.cond_tokens and self.grid % self.cond_grid == 0
 
 
 def _init(axes, init=nn.initializers.xavier_uniform()):

@@ -203,7 +203,10 @@ def _claim_stage_dir(stage_dir: str, fingerprint: str, log) -> None:
   `<stage_dir>.stale-<n>` (kept, not deleted) and the stage starts over."""
   stamp = os.path.join(stage_dir, "stage_config.fingerprint")
   if os.path.isdir(stage_dir) and os.listdir(stage_dir):
-    previous = open(stamp).read().strip() if os.path.exists(stamp) else None
+    previous = None
+    if os.path.exists(stamp):
+      with open(stamp) as f:
+        previous = f.read().strip()
     if previous == fingerprint:
       return
     n = 1
