@@ -39,11 +39,12 @@ def test_written_images_become_their_codes(tmp_path, task):
       assert written[0].role == "assistant"
 
 
-def test_tasks_without_written_images_are_unchanged(tmp_path):
-  d = str(tmp_path / "conversation")
-  pretokenize.write_task(d, "conversation", 0, 4, 32, fake_tokenize, log=lambda *a: None)
+@pytest.mark.parametrize("task", ["conversation", "dialogue"])
+def test_tasks_without_written_images_are_unchanged(tmp_path, task):
+  d = str(tmp_path / task)
+  pretokenize.write_task(d, task, 0, 4, 32, fake_tokenize, log=lambda *a: None)
   for i, doc in enumerate(shards.read_documents(d)):
-    assert doc.to_dict() == shapes.make_document(0, i, "conversation", 32).to_dict()
+    assert doc.to_dict() == shapes.make_document(0, i, task, 32).to_dict()
 
 
 def test_unknown_task_is_named(tmp_path):

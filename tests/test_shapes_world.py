@@ -235,11 +235,15 @@ def test_documents_validate_round_trip_and_show_their_scenes(task):
   docs = shapes.make_documents(11, 12, task)
   roles = {"caption": ["", ""], "text_to_image": ["", ""],
            "conversation": ["user", "user", "assistant"], "edit": ["user", "user", "assistant"],
-           "interleaved": [""] * 8}[task]
+           "interleaved": [""] * 8, "dialogue": None}[task]
   types = {"caption": ["image", "text"], "text_to_image": ["text", "image"],
            "conversation": ["image", "text", "text"], "edit": ["image", "text", "image"],
-           "interleaved": ["text", "image"] * 4}[task]
+           "interleaved": ["text", "image"] * 4, "dialogue": None}[task]
   for doc in docs:
+    if task == "dialogue":  # an image, then question-answer turns (how many depends on the scene)
+      turns = (len(doc.segments) - 1) // 2
+      roles = ["user"] + ["user", "assistant"] * turns
+      types = ["image"] + ["text", "text"] * turns
     assert documents.decode(documents.encode(doc)).to_dict() == doc.to_dict()
     assert [s.role for s in doc.segments] == roles and [s.type for s in doc.segments] == types
     json.dumps(doc.metadata)
@@ -270,6 +274,29 @@ def test_conversation_documents_balance_types_styles_and_answers():
     assert tally["existence", style, "yes"] == tally["existence", style, "no"] == 4
   for kind in ("counting", "color", "position"):
     assert sum(v for k, v in tally.items() if k[0] == kind) == 8
+
+
+def test_dialogue_documents_ask_distinct_questions_with_true_answers():
+  docs = shapes.make_documents(14, 40, "dialogue")
+  kinds = collections.Counter()
+  for doc in docs:
+    assert doc.task == "conversation"  # a multi-turn conversation to every reader downstream
+    scene = shapes.scene_from_description(doc.metadata["scene"])
+    asked = doc.metadata["questions"]
+    texts = [s.text for s in doc.segments[1:]]
+    assert texts == [t for q in asked for t in (q["question"], q["answer"])]
+    assert len({q["question"] for q in asked}) == len(asked) >= 3
+    for q in asked:
+      kinds[q["type"], q["answer"] if q["type"] == "existence" else ""] += 1
+      if q["type"] == "existence":
+        assert (q["answer"] == "yes") == (shapes.count_matching(scene.objects, q["target"]) > 0)
+      if q["type"] == "counting":
+        count = shapes.count_matching(scene.objects, q["target"])
+        assert q["answer"] == shapes.NUMBER_WORDS[count]
+    existence = [q["answer"] for q in asked if q["type"] == "existence"]
+    assert existence.count("yes") == existence.count("no")  # no prior in the answers
+  assert kinds["existence", "yes"] > len(docs) and kinds["counting", ""] > len(docs) / 2
+  assert kinds["color", ""] > 0 and kinds["position", ""] > 0
 
 
 def test_document_errors_name_the_problem():

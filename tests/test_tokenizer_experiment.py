@@ -50,3 +50,24 @@ def test_unknown_world_is_named_in_the_error():
   from unimodal_jax.train import tokenizer
   with pytest.raises(ValueError, match="config.data.world='mnist'; expected 'shapes' or"):
     tokenizer._World(ml_collections.ConfigDict(dict(world="mnist")), 32)
+
+
+def test_image_tokens_per_experiment_follow_the_clip_patch_size():
+  """The tokenizer experiment reads 4 px patches (64 tokens per image: shapes survive the
+  quantizer); the main job and the digits experiment keep 8 px patches (16 tokens)."""
+  import importlib
+  clip_shapes = importlib.import_module("experiments.tiny.clip_shapes")
+
+  def tokens(tokenizer_config):
+    clip = clip_shapes.get_config(tokenizer_config.encoder.clip_variant or None).model.vision
+    return (clip.image_size // clip.patch_size) ** 2
+
+  configs = {name: importlib.import_module(f"experiments.tiny.{name}").get_config()
+             for name in ("tokenizer_shapes", "tokenizer_digits", "illume_shapes")}
+  assert tokens(configs["tokenizer_shapes"]) == 64
+  assert tokens(configs["tokenizer_digits"]) == 16
+  assert tokens(configs["illume_shapes"].tokenizer) == 16
+  assert configs["tokenizer_shapes"].tokenizer.codebook_size == 2048
+  assert configs["illume_shapes"].tokenizer.tokenizer.codebook_size == 512
+  with pytest.raises(ValueError, match="unknown variant 'patch2'"):
+    clip_shapes.get_config("patch2")

@@ -10,7 +10,10 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
   stage1..3   ILLUME Table 5 with tiny learning rates: stage 1 trains the adapter and the image
               codes' embedding/head (LLM and encoder frozen) on captions + image reconstruction;
               stage 2 adds the LLM on captions, text-to-image and questions; stage 3 trains
-              everything (encoder included) on questions, GenEval-style prompts and edits
+              everything (encoder included) on questions, GenEval-style prompts and edits.
+              Questions come one per image ("conversation", the format POPE asks in) and up to
+              six per image ("dialogue"): with dialogues, POPE-style accuracy went from 0.52 to
+              0.65 at the same number of steps
   eval        held-out scenes: POPE-style existence accuracy per split, counting/color/position
               VQA accuracy, GenEval-style generation scores by the judge, edit success; writes
               DIR/results.md, DIR/results.json and DIR/samples.png
@@ -37,7 +40,10 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.tokenizer = tokenizer_shapes.get_config("micro" if micro else None)
   c.tokenizer.baseline_train.steps = 0  # the pixel-VQ baseline is tokenizer_shapes.py's business
-  if not micro:  # the 20-minute budget: shorter tokenizer and pixel-decoder training
+  if not micro:  # the 20-minute budget: the 8 px patch CLIP (16 image tokens, not 64), 512 codes,
+    # shorter tokenizer and pixel-decoder training
+    c.tokenizer.encoder.clip_variant = ""
+    c.tokenizer.tokenizer.codebook_size = 512
     c.tokenizer.tokenizer_train.steps = 1000
     c.tokenizer.pixel_train.steps = 600
     c.tokenizer.pixel_train.log_every = 100
@@ -53,14 +59,14 @@ def get_config(arg=None):
   # letter, which left the tiny LLM to assemble words before it could bind them to the image.
   c.text_model_type = "bpe"
   c.text_vocab_size = 512
-  c.seq_len = 96 if micro else 128
+  c.seq_len = 128  # a dialogue document (an image and up to 6 questions) takes up to about 115
   c.format = dict(image_size=size, max_images=4 if micro else 6, text_dropout=0.1)
 
   # Documents per task (train seed 0; held-out seed 1 for evaluation).
   n = (lambda full: 40) if micro else (lambda full: full)
   c.data = dict(image_size=size, train_seed=0, eval_seed=1, counts=dict(
       caption=n(6000), reconstruction=n(3000), text_to_image=n(6000), geneval=n(8000),
-      conversation=n(9000), edit=n(4000)))
+      conversation=n(9000), dialogue=n(6000), edit=n(4000)))
 
   lr = lambda x: x
   c.stages = {
@@ -70,12 +76,13 @@ def get_config(arg=None):
       "stage2": _stage(20 if micro else 500, 8 if micro else 32,
                        {"adapter": 2e-3, "llm": 2e-3, "vision_embed_head": 2e-3},
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
-                        "conversation": 2.0, "reconstruction": 0.5}, 5 if micro else 50),
+                        "conversation": 1.0, "dialogue": 2.0, "reconstruction": 0.5},
+                       5 if micro else 50),
       "stage3": _stage(20 if micro else 350, 8 if micro else 32,
                        {"vision_encoder": 1e-4, "llm": 1e-3, "adapter": 1e-3,
                         "vision_embed_head": 1e-3},
-                       {"conversation": 2.0, "geneval": 1.5, "text_to_image": 0.5, "edit": 1.0,
-                        "caption": 0.5}, 5 if micro else 30),
+                       {"conversation": 1.0, "dialogue": 2.0, "geneval": 1.5, "text_to_image": 0.5,
+                        "edit": 1.0, "caption": 0.5}, 5 if micro else 30),
   }
   c.eval = dict(pope_per_style=6 if micro else 100, vqa_per_kind=6 if micro else 100,
                 geneval_per_category=2 if micro else 20, edits=4 if micro else 60,

@@ -3,10 +3,10 @@ tokenizer_shapes.py's model and schedule on other images.
 
     python -m unimodal_jax.train.tokenizer --config=experiments/tiny/tokenizer_digits.py --workdir=/tmp/tokd
 
-The CLIP is the one tokenizer_shapes.py trains (experiments/tiny/clip_shapes.py sees both worlds'
-captions); point `encoder.clip_workdir` at a shapes run's DIR/clip to reuse it. Train images:
-the 1,078 scans of the digits 'train' split; held out: the 270 'judge_test' scans, scored by the
-digits judge (an SVM trained on the 'judge_train' split, 98% on clean renders):
+The CLIP is experiments/tiny/clip_shapes.py on 8 px patches (it sees both worlds' captions),
+the main job's; point `encoder.clip_workdir` at a main-job run's DIR/tokenizer/clip to reuse it.
+Train images: the 1,078 scans of the digits 'train' split; held out: the 270 'judge_test' scans,
+scored by the digits judge (an SVM trained on the 'judge_train' split, 98% on clean renders):
 DIR/results.json `semantic_tokenizer.judge_digit_accuracy` is how often it still reads the same
 digit after tokenize -> detokenize. `:micro` is the seconds-long smoke variant.
 
@@ -25,4 +25,9 @@ def get_config(arg=None):
   micro = arg == "micro"
   c.data.update(world="digits", train_count=200 if micro else 1078,
                 eval_count=24 if micro else 270)
+  if not micro:  # digits fill the image: 16 tokens of the 8 px patch CLIP and 512 codes suffice
+    # (the figures above)
+    c.encoder.clip_variant = ""
+    c.tokenizer.codebook_size = 512
+    c.pixel_train.steps = 1500
   return c

@@ -6,6 +6,7 @@ codes by the trained tokenizer ("pre-tokenized data"), one shard directory per t
     text_to_image   shapes captions -> codes
     geneval         GenEval-style prompts -> codes of a scene that satisfies them
     conversation    POPE-style / counting / color / position questions      no codes needed
+    dialogue        conversations of about nine such questions about one image  (none)
     edit            image + instruction -> codes of the edited scene
 
 Images the model *reads* stay pixels: the ILLUME model encodes them itself (its encoder trains in
@@ -24,7 +25,8 @@ from unimodal_jax.data import documents, images as images_lib, shards
 from unimodal_jax.data.documents import Document, Segment
 from unimodal_jax.data.worlds import geneval, shapes
 
-TASKS = ("caption", "reconstruction", "text_to_image", "geneval", "conversation", "edit")
+TASKS = ("caption", "reconstruction", "text_to_image", "geneval", "conversation", "dialogue",
+         "edit")
 _CHUNK = 512  # documents tokenized per batch
 
 

@@ -58,7 +58,8 @@ OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "bel
 EDIT_KINDS = ("recolor", "move", "add", "remove")
 POPE_STYLES = ("random", "popular", "adversarial")
 QUESTION_TYPES = ("existence", "counting", "color", "position")
-DOCUMENT_TASKS = ("caption", "text_to_image", "conversation", "edit", "interleaved")
+# New tasks go at the end: a task's position seeds its documents' generators.
+DOCUMENT_TASKS = ("caption", "text_to_image", "conversation", "edit", "interleaved", "dialogue")
 
 
 class EditError(ValueError):
@@ -609,6 +610,8 @@ def edit_story(rng: np.random.Generator, steps: int = 3, size: int = 64
 # Documents.
 
 # Conversation documents cycle through these, so types and styles are balanced by construction.
+# At most this many questions in a "dialogue" document: with a 16-token image it fits in 128 tokens.
+DIALOGUE_TURNS = 6
 QUESTION_PLAN = (("existence", "random"), ("existence", "popular"),
                  ("existence", "adversarial"), ("counting", None), ("color", None),
                  ("position", None))
@@ -653,6 +656,26 @@ def make_document(seed: int, index: int, task: str, size: int = 64) -> Document:
     segments = [_image(scene, "user"), Segment.of_text(question["question"], "user"),
                 Segment.of_text(question["answer"], "assistant")]
     return Document(doc_id, "conversation", segments, meta).validate()
+  if task == "dialogue":
+    # A conversation of several turns about one scene: one image read buys up to DIALOGUE_TURNS
+    # answers (a "conversation" document buys one). The questions are those `questions` allows,
+    # in random order; a question asked twice stays once (its repeat could be answered by
+    # copying), and as many "no" as "yes" existence questions stay, so answers carry no prior
+    # (some dialogues end up with none; the one-question documents carry them too).
+    scene = sample_scene(rng, size)
+    asked = list({q["question"]: q for q in questions(scene, rng)}.values())
+    asked = [asked[i] for i in rng.permutation(len(asked))][:DIALOGUE_TURNS]
+    by_answer = {a: [i for i, q in enumerate(asked) if q["type"] == "existence" and
+                     q["answer"] == a] for a in ("yes", "no")}
+    keep = min(map(len, by_answer.values()))
+    extra = set(by_answer["yes"][keep:] + by_answer["no"][keep:])
+    asked = [q for i, q in enumerate(asked) if i not in extra]
+    segments = [_image(scene, "user")]
+    for q in asked:
+      segments += [Segment.of_text(q["question"], "user"),
+                   Segment.of_text(q["answer"], "assistant")]
+    meta.update(scene=describe(scene), questions=asked)
+    return Document(doc_id, "conversation", segments, meta).validate()  # a multi-turn one
   if task == "edit":
     scene = sample_scene(rng, size, 2, 4)
     # Kinds rotate with the index (balanced); the next ones stand in when the scene forbids it.
