@@ -609,9 +609,9 @@ def edit_story(rng: np.random.Generator, steps: int = 3, size: int = 64
 # ---------------------------------------------------------------------------------------------
 # Documents.
 
-# Conversation documents cycle through these, so types and styles are balanced by construction.
 # At most this many questions in a "dialogue" document: with a 16-token image it fits in 128 tokens.
 DIALOGUE_TURNS = 6
+# Conversation documents cycle through these, so types and styles are balanced by construction.
 QUESTION_PLAN = (("existence", "random"), ("existence", "popular"),
                  ("existence", "adversarial"), ("counting", None), ("color", None),
                  ("position", None))
