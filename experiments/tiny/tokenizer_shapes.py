@@ -42,8 +42,8 @@ def get_config(arg=None):
                 eval_count=24 if micro else 200)
   # 2,048 codes: 5 points more of the judge than 512 (a regression from the reconstructed
   # features to pixels, 500 steps: 0.69 against 0.635).
-  c.tokenizer = dict(codebook_size=512 if micro else 2048, code_dim=32, decoder_hidden=96, decoder_layers=2,
-                     decoder_heads=4, smooth_l1_weight=1.0, cosine_weight=1.0,
+  c.tokenizer = dict(codebook_size=512 if micro else 2048, code_dim=32, decoder_hidden=96,
+                     decoder_layers=2, decoder_heads=4, smooth_l1_weight=1.0, cosine_weight=1.0,
                      quantizer=dict(l2_normalized=True, ema_decay=0.99,
                                     dead_code_threshold=0.05, commitment_weight=0.25))
   c.tokenizer_train = dict(steps=20 if micro else 1500, batch_size=32 if micro else 128,

@@ -6,7 +6,7 @@ codes by the trained tokenizer ("pre-tokenized data"), one shard directory per t
     text_to_image   shapes captions -> codes
     geneval         GenEval-style prompts -> codes of a scene that satisfies them
     conversation    POPE-style / counting / color / position questions      no codes needed
-    dialogue        conversations of about nine such questions about one image  (none)
+    dialogue        up to six such questions about one image                no codes needed
     edit            image + instruction -> codes of the edited scene
 
 Images the model *reads* stay pixels: the ILLUME model encodes them itself (its encoder trains in
