@@ -14,7 +14,7 @@ Measured (2 cores, 200 held-out scenes, the CLIP of a separate run reused via
 codebook usage 0.977, 64 tokens per image; the judge finds the same objects in 0.795 of
 detokenize(encode(image)) (the pixel VQ baseline at 64 tokens: 0.445; the originals: 1.0).
 Tokenizer 1,500 steps 771 s, pixel decoder 2,500 steps 1,156 s, baseline 1,053 s; the CLIP
-:patch4 alone took 783 s. The target is 0.9: what is lost now is the quantization's. A conv
+:patch4 took 783 s (shared too). The target is 0.9: what is lost now is the quantization's. A conv
 regression from features to pixels judges 0.975 from the CLIP's raw patch features and 0.69
 from the reconstructed ones (1,000 steps, 512 codes). The same experiment on 8 px patches (16
 tokens per image, 512 codes) reached 0.26: a small shape then spans parts of several patches and
