@@ -248,6 +248,30 @@ def test_dead_codes_are_restarted_to_batch_vectors_and_usage_rises():
                                 np.asarray(nn.meta.unbox(u2[STATS])["codebook"]))
 
 
+def test_first_update_restarts_the_random_codes_nobody_picked():
+  # A fresh EMA codebook with restarts: the codes no token picks in the first update are dead at
+  # once (their sizes start at the threshold), not after log(threshold) / log(decay) updates.
+  k, d, threshold = 64, 4, 0.05
+  cfg = QuantizerConfig(codebook_size=k, dim=d, ema_decay=0.99, dead_code_threshold=threshold)
+  x = jax.random.normal(jax.random.key(8), (256, d)) + 5.0  # far from the N(0, 1) initial codes
+  model, variables = _init(cfg, x)
+  stats = variables[STATS]
+  np.testing.assert_array_equal(np.asarray(stats["cluster_size"]), np.float32(threshold))
+  np.testing.assert_allclose(np.asarray(stats["embed_sum"]) / threshold,
+                             np.asarray(stats["codebook"]), rtol=1e-6)
+  _, picked, aux = _apply(model, variables, x, train=False)
+  unpicked = k - len(np.unique(np.asarray(picked)))
+  assert float(aux["usage"]) < 0.5
+  (_, _, aux), updates = _apply(model, variables, x, train=True, mutable=[STATS],
+                                rngs={"vq": jax.random.key(0)})
+  assert int(aux["num_restarted"]) == unpicked
+  _, _, aux = _apply(model, {STATS: nn.meta.unbox(updates[STATS])}, x, train=False)
+  assert float(aux["usage"]) > 0.9
+  # Without restarts the sizes start at one token per code, as before.
+  plain = QuantizerConfig(codebook_size=k, dim=d, ema_decay=0.99)
+  np.testing.assert_array_equal(np.asarray(_init(plain, x)[1][STATS]["cluster_size"]), 1.0)
+
+
 def test_simvq_gradient_step_moves_every_code_but_not_the_frozen_basis():
   k, d = 32, 6
   cfg = QuantizerConfig(codebook_size=k, dim=d, simvq=True)

@@ -29,5 +29,6 @@ def get_config(arg=None):
     # (the figures above)
     c.encoder.clip_variant = ""
     c.tokenizer.codebook_size = 512
+    c.tokenizer.code_dim = 32
     c.pixel_train.steps = 1500
   return c

@@ -41,8 +41,9 @@ def get_config(arg=None):
                 eval_seed=1,
                 eval_count=24 if micro else 200)
   # 2,048 codes: 5 points more of the judge than 512 (a regression from the reconstructed
-  # features to pixels, 500 steps: 0.69 against 0.635).
-  c.tokenizer = dict(codebook_size=512 if micro else 2048, code_dim=32, decoder_hidden=96,
+  # features to pixels, 500 steps: 0.69 against 0.635). Codes of 16 dims: judged through one
+  # pixel decoder, codes of 8 / 16 / 32 dims gave 0.80 / 0.86 / 0.825 (200 scenes each).
+  c.tokenizer = dict(codebook_size=512 if micro else 2048, code_dim=16, decoder_hidden=96,
                      decoder_layers=2, decoder_heads=4, smooth_l1_weight=1.0, cosine_weight=1.0,
                      quantizer=dict(l2_normalized=True, ema_decay=0.99,
                                     dead_code_threshold=0.05, commitment_weight=0.25))
@@ -52,7 +53,9 @@ def get_config(arg=None):
   c.pixel_decoder = dict(architecture="conv", patch_size=4, hidden_size=32 if micro else 128,
                          num_layers=1 if micro else 4, cond_blocks=1 if micro else 2,
                          cond_dropout=0.1)
-  c.pixel_train = dict(steps=20 if micro else 2500, batch_size=32 if micro else 64,
+  # 4,000 steps: on one tokenizer's features the judge read 0.75 / 0.825 / 0.85 at steps
+  # 1,000 / 2,000 / 3,000 of a 4,000-step schedule, still rising.
+  c.pixel_train = dict(steps=20 if micro else 4000, batch_size=32 if micro else 64,
                        learning_rate=1e-3, log_every=10 if micro else 500)
   c.baseline = dict(width=32, downsample=2, codebook_size=512, code_dim=32,
                     quantizer=dict(ema_decay=0.99, dead_code_threshold=0.05))
