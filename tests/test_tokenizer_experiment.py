@@ -71,3 +71,24 @@ def test_image_tokens_per_experiment_follow_the_clip_patch_size():
   assert configs["illume_shapes"].tokenizer.tokenizer.codebook_size == 512
   with pytest.raises(ValueError, match="unknown variant 'patch2'"):
     clip_shapes.get_config("patch2")
+
+
+def test_a_phase_retrained_after_a_config_change_is_saved_over_the_stale_one(tmp_path):
+  """A phase saved with another config is moved aside and the retrained one is what loads
+  (orbax would otherwise skip the save of an existing step and the stale model would be read)."""
+  from unimodal_jax import checkpoints
+  from unimodal_jax.train import tokenizer
+  phase = str(tmp_path / "tokenizer")
+  tokenizer._save(phase, {"w": np.zeros(3, np.float32)}, {"code_dim": 16})
+  logs = []
+  assert tokenizer._load_phase(phase, {"code_dim": 32}, logs.append) is None
+  assert "moved it to" in logs[0] and (tmp_path / "tokenizer.stale-1").is_dir()
+  tokenizer._save(phase, {"w": np.ones(3, np.float32)}, {"code_dim": 32})
+  loaded = tokenizer._load_phase(phase, {"code_dim": 32}, logs.append)
+  np.testing.assert_array_equal(loaded["w"], np.ones(3, np.float32))
+  # Writing a step the directory holds already is an error, not a silent no-op.
+  with pytest.raises(FileExistsError, match="was not written"):
+    checkpoints.save_pretrained(phase, {"w": np.full(3, 2.0, np.float32)},
+                                tokenizer._ConfigDict({"code_dim": 32}))
+  np.testing.assert_array_equal(tokenizer._load_phase(phase, {"code_dim": 32}, logs.append)["w"],
+                                np.ones(3, np.float32))

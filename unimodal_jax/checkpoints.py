@@ -140,9 +140,25 @@ def save_pretrained(directory: str, params: dict, config: DecoderConfig, step: i
                        else ocp.StandardCheckpointHandler())}
   params_args = ocp.args.PyTreeSave(params) if host else ocp.args.StandardSave(params)
   with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
-    manager.save(step, args=ocp.args.Composite(
+    # orbax skips (returns False) a step that is not newer than the directory's latest; unchecked,
+    # a retrained model would be dropped and the old one read back as if it were the new one.
+    saved = manager.save(step, args=ocp.args.Composite(
         params=params_args, model_config=ocp.args.JsonSave(config.to_dict())))
     manager.wait_until_finished()
+  if not saved:
+    raise FileExistsError(f"{directory}: holds step {manager.latest_step()} already, so step "
+                          f"{step} was not written; move the directory aside (move_aside) or "
+                          "pick a new one")
+
+
+def move_aside(directory: str) -> str:
+  """Rename `directory` to the first free `<directory>.stale-<n>` (kept, not deleted), so a model
+  of another config can be written in its place. Returns the new path."""
+  n = 1
+  while os.path.exists(f"{directory}.stale-{n}"):
+    n += 1
+  os.rename(directory, f"{directory}.stale-{n}")
+  return f"{directory}.stale-{n}"
 
 
 def latest_step(directory: str) -> int:

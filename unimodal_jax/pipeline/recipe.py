@@ -201,6 +201,7 @@ def _claim_stage_dir(stage_dir: str, fingerprint: str, log) -> None:
   with the same config: the loop resumes from them. Checkpoints made with another config (the
   config or the data changed since) cannot be resumed, so the directory is moved aside to
   `<stage_dir>.stale-<n>` (kept, not deleted) and the stage starts over."""
+  from unimodal_jax import checkpoints
   stamp = os.path.join(stage_dir, "stage_config.fingerprint")
   if os.path.isdir(stage_dir) and os.listdir(stage_dir):
     previous = None
@@ -209,11 +210,8 @@ def _claim_stage_dir(stage_dir: str, fingerprint: str, log) -> None:
         previous = f.read().strip()
     if previous == fingerprint:
       return
-    n = 1
-    while os.path.exists(f"{stage_dir}.stale-{n}"):
-      n += 1
-    os.rename(stage_dir, f"{stage_dir}.stale-{n}")
-    log(f"{stage_dir} holds a run of another config; moved it to {stage_dir}.stale-{n}")
+    log(f"{stage_dir} holds a run of another config; moved it to "
+        f"{checkpoints.move_aside(stage_dir)}")
   os.makedirs(stage_dir, exist_ok=True)
   with open(stamp, "w") as f:
     f.write(fingerprint + "\n")

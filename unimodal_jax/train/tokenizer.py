@@ -131,14 +131,16 @@ def _save(directory, tree, config_dict):
 
 def _load_phase(directory, config_dict, log):
   """The tree a previous run saved in `directory` if it was trained with the same config
-  (the phase is then skipped: a killed run resumes at the first unfinished phase), else None."""
+  (the phase is then skipped: a killed run resumes at the first unfinished phase), else None.
+  A directory saved with another config is moved aside, so the retrained phase can be saved."""
   try:
     checkpoints.latest_step(directory)
   except FileNotFoundError:
     return None
   tree, stored = checkpoints.restore_params(directory)
   if stored != json.loads(json.dumps(config_dict)):
-    log(f"{directory}: saved with another config; training it again")
+    log(f"{directory}: saved with another config; moved it to "
+        f"{checkpoints.move_aside(directory)} and training it again")
     return None
   log(f"{os.path.basename(directory)}: reusing the one saved in {directory}")
   return tree
