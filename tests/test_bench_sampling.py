@@ -23,7 +23,10 @@ def test_ours_and_hf_generate_the_same_tokens():
   assert r["image_same_tokens"] == 1.0
   assert r["text_same_tokens"] == 1.0
   assert r["image_tokens_in_range"]
-  assert abs(r["image_ratio_vs_hf"] - r["image_tokens_per_s"] / r["hf_image_tokens_per_s"]) < 0.01
+  # The rates are reported to 0.1 token/s, so their quotient matches the ratio only up to that
+  # rounding (a fixed 0.01 failed whenever HF's rate was a few tokens/s on a loaded machine).
+  ours, hf = r["image_tokens_per_s"], r["hf_image_tokens_per_s"]
+  assert r["image_ratio_vs_hf"] == pytest.approx(ours / hf, rel=0.05 / hf + 0.05 / ours + 1e-3)
 
 
 def test_bad_arguments_are_named():

@@ -44,7 +44,6 @@ def get_config(arg=None):
     # shorter tokenizer and pixel-decoder training
     c.tokenizer.encoder.clip_variant = ""
     c.tokenizer.tokenizer.codebook_size = 512
-    c.tokenizer.tokenizer.code_dim = 32  # 16, tokenizer_shapes.py's, is untried at 16 tokens
     c.tokenizer.tokenizer_train.steps = 1000
     c.tokenizer.pixel_train.steps = 600
     c.tokenizer.pixel_train.log_every = 100
