@@ -13,7 +13,8 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               everything (encoder included) on questions, GenEval-style prompts and edits.
               Questions come one per image ("conversation", the format POPE asks in) and up to
               six per image ("dialogue"): with dialogues, POPE-style accuracy went from 0.52 to
-              0.65 at the same number of steps
+              0.65 at the same number of steps (0.54 after the tokenizer's 16-dim codes and
+              first-update restarts; README, "ILLUME")
   eval        held-out scenes: POPE-style existence accuracy per split, counting/color/position
               VQA accuracy, GenEval-style generation scores by the judge, edit success; writes
               DIR/results.md, DIR/results.json and DIR/samples.png
