@@ -54,8 +54,8 @@ def get_config(arg=None):
   c.pixel_decoder = dict(architecture="conv", patch_size=4, hidden_size=32 if micro else 128,
                          num_layers=1 if micro else 4, cond_blocks=1 if micro else 2,
                          cond_dropout=0.1)
-  # 4,000 steps: on one tokenizer's features the judge read 0.75 / 0.825 / 0.85 at steps
-  # 1,000 / 2,000 / 3,000 of a 4,000-step schedule, still rising.
+  # 4,000 steps: on one tokenizer's features (32-dim codes) the judge read 0.75 / 0.825 / 0.85 /
+  # 0.865 at steps 1,000 / 2,000 / 3,000 / 4,000 of a 4,000-step schedule.
   c.pixel_train = dict(steps=20 if micro else 4000, batch_size=32 if micro else 64,
                        learning_rate=1e-3, log_every=10 if micro else 500)
   c.baseline = dict(width=32, downsample=2, codebook_size=512, code_dim=32,
