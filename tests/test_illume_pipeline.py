@@ -2,6 +2,7 @@
 phase resumes there, finished phases are skipped, and the outputs are written."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   again = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 0 and again.stdout.count("done earlier") == 6
+
+  # A finished phase whose output was deleted runs again, and so does every phase after it.
+  shutil.rmtree(tmp_path / "stage3")
+  rerun = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+  assert "records stage3 as done but" in rerun.stdout
+  assert rerun.stdout.count("done earlier") == 4  # tokenizer, data, stage1, stage2
+  assert "=== [5/6] stage3 (" in rerun.stdout and "=== [6/6] eval (" in rerun.stdout
+  assert json.load(open(tmp_path / "stage3" / "results.json"))["status"] == "completed"
 
 
 def test_stage_dir_of_another_config_is_moved_aside(tmp_path):

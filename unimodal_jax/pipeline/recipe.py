@@ -6,8 +6,9 @@
     DIR/results.{md,json} DIR/samples.png
     DIR/phases.json       each finished phase with its wall time and figures
 
-A phase is skipped when phases.json records it as finished with the same config; a killed
-phase restarts (training phases resume from their last checkpoint).
+A phase is skipped when phases.json records it as finished with the same config and its output
+is still there; a killed phase restarts (training phases resume from their last checkpoint), and
+every phase after one that ran runs too.
 """
 from __future__ import annotations
 
@@ -122,16 +123,21 @@ def run(config, workdir: str, *, log=print) -> dict:
                   "figures": figures}
     results_lib.write_json(os.path.join(workdir, "phases.json"), done)
 
-  def skip(index, name, fingerprint):
-    if name in done and done[name]["config"] == fingerprint:
-      progress.phase(index, name, f"done earlier in {done[name]['seconds']:.0f}s; skipped")
-      return True
+  upstream_ran = []  # once a phase runs, every later one runs too: it reads that phase's output
+
+  def skip(index, name, fingerprint, output):
+    if name in done and done[name]["config"] == fingerprint and not upstream_ran:
+      if os.path.exists(output):
+        progress.phase(index, name, f"done earlier in {done[name]['seconds']:.0f}s; skipped")
+        return True
+      log(f"phases.json records {name} as done but {output} is missing; running it again")
+    upstream_ran.append(name)
     return False
 
   # 1. Tokenizer: CLIP, semantic VQ, pixel decoder.
   tok_dir = os.path.join(workdir, "tokenizer")
   fp = _fingerprint(config.tokenizer.to_dict())
-  if not skip(1, "tokenizer", fp):
+  if not skip(1, "tokenizer", fp, tok_dir):
     lg, t0 = progress.phase(1, "tokenizer"), time.time()
     from unimodal_jax.train import tokenizer as tokenizer_lib
     figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
@@ -145,7 +151,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   text_model_type = str(config.get("text_model_type", "unigram"))
   fp = _fingerprint([config.data.to_dict(), config.text_vocab_size, text_model_type,
                      done["tokenizer"]["config"]])
-  if not skip(2, "data", fp):
+  if not skip(2, "data", fp, spm_path):
     lg, t0 = progress.phase(2, "data"), time.time()
     from unimodal_jax.data import text_tokenizer
     from unimodal_jax.pipeline import pretokenize
@@ -171,7 +177,7 @@ def run(config, workdir: str, *, log=print) -> dict:
             else {"init_from": previous})
     cfg = stage_config(config, name, model, data_dir, spm_path, codec.tokens_per_image, init)
     fp = _fingerprint([cfg.to_dict(), done["data"]["config"]])
-    if not skip(k, name, fp):
+    if not skip(k, name, fp, stage_dir):
       lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
                                    f"{cfg.seq_len})")
       _claim_stage_dir(stage_dir, fp, lg)
@@ -184,7 +190,7 @@ def run(config, workdir: str, *, log=print) -> dict:
 
   # 6. Evaluation.
   fp = _fingerprint([config.eval.to_dict(), done["stage3"]["config"]])
-  if not skip(6, "eval", fp):
+  if not skip(6, "eval", fp, os.path.join(workdir, "results.json")):
     lg, t0 = progress.phase(6, "eval"), time.time()
     results = _evaluate(config, workdir, previous, model, sp, codec, lg)
     finish("eval", {"understanding": results["understanding"]["pope_overall"],
