@@ -70,6 +70,8 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   assert "records stage3 as done but" in rerun.stdout
   assert rerun.stdout.count("done earlier") == 4  # tokenizer, data, stage1, stage2
   assert "=== [5/6] stage3 (" in rerun.stdout and "=== [6/6] eval (" in rerun.stdout
+  # The training loop's progress lines belong to the one display, prefixed with their phase.
+  assert "[5/6 stage3] step     20/20 | loss" in rerun.stdout
   assert json.load(open(tmp_path / "stage3" / "results.json"))["status"] == "completed"
 
 

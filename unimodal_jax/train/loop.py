@@ -8,6 +8,7 @@ RNG and the data iterator), so the run continues with the very next batch.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -37,7 +38,7 @@ def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def run(config, workdir: str, *, log=print) -> dict:
+def run(config, workdir: str, *, log=functools.partial(print, flush=True)) -> dict:
   """Train as `config` says, in `workdir`; returns (and writes to results.json) final metrics."""
   wall_start = time.time()
   main = jax.process_index() == 0
@@ -115,7 +116,7 @@ def run(config, workdir: str, *, log=print) -> dict:
       float(train_cfg.get("peak_flops_per_device", 0.0)))
   flops_per_token = model_config.flops_per_token(config.seq_len)
   progress = metrics_lib.Progress(total_steps, start_step, flops_per_token, peak,
-                                  jax.device_count(), enabled=main)
+                                  jax.device_count(), enabled=main, log=log)
   tensorboard = metrics_lib.TensorBoard(workdir, enabled=main)
   log(f"training {model_config.num_params() / 1e6:.2f}M params on mesh {dict(mesh.shape)}, "
       f"batch {config.global_batch} x {config.seq_len}, steps {start_step} -> {total_steps}; "

@@ -1,9 +1,9 @@
 """Throughput, MFU, the terminal progress line and TensorBoard event files."""
 from __future__ import annotations
 
+import functools
 import math
 import os
-import sys
 import time
 
 import jax
@@ -51,10 +51,11 @@ class Progress:
   """One line per logging interval: step, loss, tokens/s, MFU, ETA (process 0 only)."""
 
   def __init__(self, total_steps: int, start_step: int, flops_per_token: float, peak_flops: float,
-               num_devices: int, enabled: bool = True, stream=None):
+               num_devices: int, enabled: bool = True,
+               log=functools.partial(print, flush=True)):
     self.total, self.enabled = total_steps, enabled
     self.flops_per_token, self.peak = flops_per_token, peak_flops * num_devices
-    self.stream = stream or sys.stdout
+    self.log = log  # the caller's logger: the main job prefixes each line with its phase
     self.last_step, self.last_time = start_step, time.perf_counter()
     self.tokens_since = 0
 
@@ -71,9 +72,9 @@ class Progress:
     out = {"tokens_per_s": tokens_per_s, "mfu": mfu, "step_time_s": elapsed / steps}
     if self.enabled:
       extra = f" | skipped {int(metrics['nonfinite_steps'])}" if metrics.get("nonfinite_steps") else ""
-      print(f"step {step:>6}/{self.total} | loss {metrics['loss']:.4f} | "
+      self.log(f"step {step:>6}/{self.total} | loss {metrics['loss']:.4f} | "
             f"grad {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% "
-            f"| ETA {_duration(eta)}{extra}", file=self.stream, flush=True)
+            f"| ETA {_duration(eta)}{extra}")
     self.last_step, self.last_time, self.tokens_since = step, now, 0
     return out
 
