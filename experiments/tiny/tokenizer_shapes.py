@@ -12,14 +12,14 @@ on reconstructions (DIR/results.json, DIR/samples.png). `:micro` is a smoke-test
 Measured (2 cores, 200 held-out scenes, the CLIP of a separate run reused via
 `--config.encoder.clip_workdir`; other jobs shared the cores throughout): feature cosine 0.992,
 codebook usage 0.967, perplexity 1,622, 64 tokens per image; the judge finds the same objects in
-0.87 of detokenize(encode(image)) (the pixel VQ baseline at 64 tokens: 0.45; the originals: 1.0).
-Tokenizer 1,500 steps 712 s, pixel decoder 4,000 steps 1,894 s, baseline 1,585 s; the CLIP
-:patch4 took 783 s (shared too). The target is 0.9. With other sampling seeds the judge reads 0.86
-and 0.89; what is lost is mostly small crosses drawn as circles (18 of 29 misread objects). The
-same pixel decoder conditioned on the CLIP's unquantized features judges 0.97, so the
-quantization still costs about a tenth. The same experiment on 8 px patches (16 tokens per
-image, 512 codes) reached 0.26: a small shape then spans parts of several patches and its kind
-does not survive the quantizer.
+0.915 of detokenize(encode(image)) (target 0.9; on 1,000 held-out scenes 0.900, and 0.912 with
+guidance 3 and another seed; the pixel VQ baseline at 64 tokens: 0.45; the originals: 1.0).
+Tokenizer 1,500 steps 712 s, pixel decoder 6,000 steps 3,693 s, baseline 1,418 s; the CLIP
+:patch4 took 783 s (shared too). With 4,000 pixel-decoder steps the judge read 0.87 (0.868 on
+1,000 scenes). What is still lost is mostly small crosses drawn as circles: the same pixel
+decoder conditioned on the CLIP's unquantized features judges 0.97. The same experiment on 8 px
+patches (16 tokens per image, 512 codes) reached 0.26: a small shape then spans parts of several
+patches and its kind does not survive the quantizer.
 """
 import os
 
