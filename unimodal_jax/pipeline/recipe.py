@@ -123,15 +123,16 @@ def run(config, workdir: str, *, log=print) -> dict:
                   "figures": figures}
     results_lib.write_json(os.path.join(workdir, "phases.json"), done)
 
-  upstream_ran = []  # once a phase runs, every later one runs too: it reads that phase's output
+  upstream_ran = False  # once a phase runs, every later one runs too: it reads that output
 
   def skip(index, name, fingerprint, output):
+    nonlocal upstream_ran
     if name in done and done[name]["config"] == fingerprint and not upstream_ran:
       if os.path.exists(output):
         progress.phase(index, name, f"done earlier in {done[name]['seconds']:.0f}s; skipped")
         return True
       log(f"phases.json records {name} as done but {output} is missing; running it again")
-    upstream_ran.append(name)
+    upstream_ran = True
     return False
 
   # 1. Tokenizer: CLIP, semantic VQ, pixel decoder.

@@ -8,7 +8,6 @@ RNG and the data iterator), so the run continues with the very next batch.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -38,7 +37,7 @@ def _config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def run(config, workdir: str, *, log=functools.partial(print, flush=True)) -> dict:
+def run(config, workdir: str, *, log=metrics_lib.print_flushed) -> dict:
   """Train as `config` says, in `workdir`; returns (and writes to results.json) final metrics."""
   wall_start = time.time()
   main = jax.process_index() == 0

@@ -47,12 +47,15 @@ def _duration(seconds: float) -> str:
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+# The default logger of training runs: a line at a time, flushed, so redirected logs keep up.
+print_flushed = functools.partial(print, flush=True)
+
+
 class Progress:
   """One line per logging interval: step, loss, tokens/s, MFU, ETA (process 0 only)."""
 
   def __init__(self, total_steps: int, start_step: int, flops_per_token: float, peak_flops: float,
-               num_devices: int, enabled: bool = True,
-               log=functools.partial(print, flush=True)):
+               num_devices: int, enabled: bool = True, log=print_flushed):
     self.total, self.enabled = total_steps, enabled
     self.flops_per_token, self.peak = flops_per_token, peak_flops * num_devices
     self.log = log  # the caller's logger: the main job prefixes each line with its phase
@@ -73,8 +76,8 @@ class Progress:
     if self.enabled:
       extra = f" | skipped {int(metrics['nonfinite_steps'])}" if metrics.get("nonfinite_steps") else ""
       self.log(f"step {step:>6}/{self.total} | loss {metrics['loss']:.4f} | "
-            f"grad {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | MFU {100 * mfu:.1f}% "
-            f"| ETA {_duration(eta)}{extra}")
+               f"grad {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | "
+               f"MFU {100 * mfu:.1f}% | ETA {_duration(eta)}{extra}")
     self.last_step, self.last_time, self.tokens_since = step, now, 0
     return out
 
