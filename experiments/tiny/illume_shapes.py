@@ -58,6 +58,7 @@ def get_config(arg=None):
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
                head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
   c.adapter_hidden = 0
+  c.feature_layer = -1
   # BPE, so every word of the world is one piece: with byte fallback, 260 of the vocabulary are
   # bytes and specials; a 320-piece unigram model spelled "yes", "purple" and "What" letter by
   # letter, which left the tiny LLM to assemble words before it could bind them to the image.

@@ -4,6 +4,9 @@
                  counting, color and position questions: greedy answers, exact match
   generation     GenEval-style prompts -> image codes (CFG, the prompt masked) -> pixel decoder
                  -> the judge's verdict per category (shapes_judge.score)
+  ceiling        the same prompts, scenes drawn to satisfy them -> tokenize -> pixel decoder ->
+                 the judge: what a model that always wrote a right scene's codes would score,
+                 i.e. how much of the generation score the tokenizer leaves reachable
   editing        image + instruction -> codes (CFG, the instruction masked) -> pixels -> does the
                  judge find exactly the edited scene's objects?
 
@@ -130,6 +133,16 @@ def _placeholder_codes(n: int):
   return Segment.of_image_tokens([0] * n, role="assistant")
 
 
+def _geneval_scores(prompts, images) -> dict:
+  """The judge's score per category and their mean ("overall")."""
+  by_cat = collections.defaultdict(list)
+  for p, im in zip(prompts, images):
+    by_cat[p["category"]].append(shapes_judge.score(p["spec"], im))
+  result = {c: float(np.mean(v)) for c, v in by_cat.items()}
+  result["overall"] = float(np.mean(list(result.values())))
+  return result
+
+
 def generation(model, params, config, formatter, codec, seed: int, per_category: int,
                s: ImageSampling, batch: int = 32, log=print) -> tuple[dict, list, np.ndarray]:
   """GenEval-style scores per category and overall; also (prompts, images) for the grid."""
@@ -145,15 +158,27 @@ def generation(model, params, config, formatter, codec, seed: int, per_category:
                           jax.random.key(seed), s, batch)
   images = codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
                             guidance=s.pixel_guidance)
-  by_cat = collections.defaultdict(list)
-  for p, im in zip(prompts, images):
-    by_cat[p["category"]].append(shapes_judge.score(p["spec"], im))
-  result = {c: float(np.mean(v)) for c, v in by_cat.items()}
-  result["overall"] = float(np.mean(list(result.values())))
+  result = _geneval_scores(prompts, images)
   result["prompts"] = len(prompts)
   log("eval: generation " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                       if isinstance(v, float)))
   return result, prompts, images
+
+
+def generation_ceiling(codec, seed: int, per_category: int, s: ImageSampling,
+                       log=print) -> dict:
+  """GenEval-style scores of detokenize(tokenize(scene)) for scenes that satisfy the prompts
+  `generation` asks (the same prompts and pixel sampling): the tokenizer's ceiling."""
+  prompts = shapes_judge.geneval_prompts(seed, per_category)
+  rng = np.random.default_rng([seed, 3])
+  scenes = [shapes_judge.render_for_spec(p["spec"], rng, size=codec.image_size) for p in prompts]
+  codes = codec.tokenize(np.stack([shapes.render(sc) for sc in scenes]))
+  images = codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
+                            guidance=s.pixel_guidance)
+  result = _geneval_scores(prompts, images)
+  log(f"eval: generation ceiling of the tokenizer (right scenes, tokenized and decoded) "
+      f"{result['overall']:.3f}")
+  return result
 
 
 def editing(model, params, config, formatter, codec, seed: int, count: int, s: ImageSampling,
@@ -187,4 +212,5 @@ def editing(model, params, config, formatter, codec, seed: int, count: int, s: I
   return result, [d.metadata["instruction"] for d in docs], np.stack([sources, images], 1)
 
 
-__all__ = ["prompt_of", "understanding", "generation", "editing", "ImageSampling"]
+__all__ = ["prompt_of", "understanding", "generation", "generation_ceiling", "editing",
+           "ImageSampling"]

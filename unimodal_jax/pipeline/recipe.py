@@ -77,7 +77,7 @@ def model_dict(config, codec, text_vocab_size: int) -> dict:
              scan_layers=False, remat_policy="none", family="llama")
   return {"kind": "illume", "llm": llm, "vision": codec.vision_config.to_dict(),
           "image_codes": codec.codebook_size, "adapter_hidden": int(config.adapter_hidden),
-          "feature_layer": -1}
+          "feature_layer": int(config.get("feature_layer", -1))}
 
 
 def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: str,
@@ -250,6 +250,8 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   gen, prompts, gen_images = evaluate.generation(model, params, model_config, formatter, codec,
                                                  seed, int(e.geneval_per_category), s,
                                                  int(e.batch), log=log)
+  gen["tokenizer_ceiling"] = evaluate.generation_ceiling(codec, seed,
+                                                         int(e.geneval_per_category), s, log=log)
   t_gen = time.time() - t
   t = time.time()
   edit, instructions, edit_images = evaluate.editing(model, params, model_config, formatter,

@@ -14,6 +14,10 @@ def _row(name, value, target=None):
   return f"| {name} | {value:.3f}{mark} |"
 
 
+def _ceiling_cell(ceiling: dict, key: str) -> str:
+  return f" {ceiling[key]:.3f} |" if key in ceiling else " - |"
+
+
 def write_markdown(path: str, results: dict) -> None:
   und, gen, edit = results["understanding"], results["generation"], results["editing"]
   lines = ["# ILLUME on the shapes world", "",
@@ -23,11 +27,17 @@ def write_markdown(path: str, results: dict) -> None:
     if isinstance(v, float) and k != "pope_overall":
       lines.append(_row(k, v))
   lines.append(_row("POPE-style overall", und["pope_overall"], TARGETS["pope_overall"]))
-  lines += ["", "## Generation (GenEval-style, judge)", "", "| category | score |", "|---|---|"]
+  lines += ["", "## Generation (GenEval-style, judge)", ""]
+  ceiling = gen.get("tokenizer_ceiling") or {}
+  if ceiling:
+    lines += ["The tokenizer's ceiling: the same prompts' scenes drawn right, tokenized and "
+              "decoded to pixels (what the model would score writing those codes).", ""]
+  lines += ["| category | score | tokenizer ceiling |", "|---|---|---|"]
   for k, v in gen.items():
     if isinstance(v, float) and k != "overall":
-      lines.append(_row(k, v))
-  lines.append(_row("overall", gen["overall"], TARGETS["generation_overall"]))
+      lines.append(_row(k, v) + _ceiling_cell(ceiling, k))
+  lines.append(_row("overall", gen["overall"], TARGETS["generation_overall"])
+               + _ceiling_cell(ceiling, "overall"))
   lines += ["", "## Editing", "", "| edit | success |", "|---|---|"]
   for k, v in edit.items():
     if isinstance(v, float):
