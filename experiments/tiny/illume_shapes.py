@@ -58,6 +58,10 @@ def get_config(arg=None):
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
                head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
   c.adapter_hidden = 0
+  # The ViT hidden state the LLM reads: the last, the one the tokenizer quantizes. One run each
+  # (2026-11-22, everything else equal): -1 POPE-style 0.69, 0 (the patch embeddings) 0.73, 1
+  # 0.59, so no layer stands out beyond run-to-run spread, though an MLP probe for "is there a
+  # <color> <shape>" on held-out scenes reads 0.78 / 0.85 / 0.82 balanced accuracy from them.
   c.feature_layer = -1
   # BPE, so every word of the world is one piece: with byte fallback, 260 of the vocabulary are
   # bytes and specials; a 320-piece unigram model spelled "yes", "purple" and "What" letter by
