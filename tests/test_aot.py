@@ -91,6 +91,23 @@ def test_tiny_train_step_compiles_with_optimizer_state():
   assert fsdp["argument_bytes"] < 0.3 * replicated["argument_bytes"]
 
 
+def test_pod_program_takes_the_batch_the_loop_feeds():
+  """The compiled train step's batch argument is the batch spec (train/batch_spec.py), segment
+  ids and positions included, so the pod runs the packed, segment-masked program of the loop."""
+  from experiments.tiny import documents_smoke
+  from unimodal_jax import sharding
+  from unimodal_jax.train import batch_spec
+  config = documents_smoke.get_config()
+  config.global_batch = 8
+  _, devices = aot.topology_devices("v5e:2x2")
+  compiled = aot.compile_train_step(config, sharding.make_mesh({"data": -1}, devices))
+  _, batch_args = compiled.args_info[0]
+  spec = batch_spec.batch_spec(config)
+  assert set(batch_args) == set(spec) >= {"segment_ids", "positions", "target_modality"}
+  for name, arg in batch_args.items():
+    assert tuple(arg.shape) == spec[name].shape and arg.dtype == spec[name].dtype, name
+
+
 def test_decoder_with_fused_attention_compiles_for_tpu():
   """attention_impl='pallas' puts the Mosaic flash-attention kernels (forward and backward)
   into the decoder's TPU program, under shard_map over the mesh."""
@@ -136,6 +153,9 @@ def test_aot_tool_prints_json_last(tmp_path):
     assert key in result
   assert result["topology"] == "v5e:2x2" and result["num_chips"] == 4 and result["fits"]
   assert result["program"] == "train_step"
+  assert result["batch_fields"] == {
+      name: {"shape": [16, 128], "dtype": dtype}
+      for name, dtype in (("inputs", "int32"), ("targets", "int32"), ("target_mask", "float32"))}
 
 
 def test_aot_tool_rejects_a_mesh_bigger_than_the_pod():

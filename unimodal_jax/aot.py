@@ -127,7 +127,7 @@ def compile_forward_backward(config: DecoderConfig, mesh, global_batch: int, seq
 def compile_train_step(config, mesh):
   """AOT-compile the full train step (forward, backward, optimizer update with its sharded state,
   donated buffers) of an experiment config, as the training loop runs it."""
-  from unimodal_jax.train import config_checks, optimizer
+  from unimodal_jax.train import batch_spec, config_checks, optimizer
   from unimodal_jax.train.state import state_shardings
   from unimodal_jax.train.step import make_train_step
 
@@ -140,16 +140,10 @@ def compile_train_step(config, mesh):
   frozen = optimizer.frozen_mask(params, optimizer.parse_groups(opt_cfg.get("groups")))
   abstract_state, state_sh = state_shardings(model, model_config, tx, mesh)
   batch_sh = sharding.batch_sharding(mesh)
-  shape = (config.global_batch, config.seq_len)
-  batch = {"inputs": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
-           "targets": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sh),
-           "target_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sh)}
-  if "images" in build.batch_inputs(model):
-    # Pixels of the images each row reads (data.format: max_images per row, image_size).
-    size = model_config.vision.image_size
-    max_images = int(config.data.format.max_images)
-    batch["images"] = jax.ShapeDtypeStruct((config.global_batch, max_images, size, size, 3),
-                                           jnp.uint8, sharding=batch_sh)
+  # The very fields, shapes and dtypes the training loop feeds (train/batch_spec.py).
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
+           for k, v in batch_spec.batch_spec(config).items()}
+  config_checks.check_image_size(config, model_config)
   step = jax.jit(
       make_train_step(model, tx, frozen, schedules,
                       grad_accum_steps=int(config.train.get("grad_accum_steps", 1)),
@@ -238,5 +232,7 @@ def compile_train_step_for_topology(experiment_config, topology: str) -> dict[st
                   config=model_config, global_batch=experiment_config.global_batch,
                   seq_len=experiment_config.seq_len, compile_s=time.time() - start)
   result["program"] = "train_step"
+  from unimodal_jax.train import batch_spec
+  result["batch_fields"] = batch_spec.describe(batch_spec.batch_spec(experiment_config))
   result["grad_accum_steps"] = int(experiment_config.train.get("grad_accum_steps", 1))
   return result

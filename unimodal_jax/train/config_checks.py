@@ -44,3 +44,14 @@ def check_batch(config, mesh, process_count: int) -> None:
   if config.global_batch % process_count:
     raise ValueError(f"config.global_batch={config.global_batch} is not divisible by the "
                      f"{process_count} processes")
+
+
+def check_image_size(config, model_config) -> None:
+  """The pixels the data pipeline writes (data.format.image_size) are what the encoder reads."""
+  vision = getattr(model_config, "vision", None)
+  if vision is None or config.data.get("kind", "lm_text") != "documents":
+    return
+  fmt = config.data.get("format") or {}
+  if "image_size" in fmt and int(fmt["image_size"]) != vision.image_size:
+    raise ValueError(f"config.data.format.image_size={fmt['image_size']} differs from "
+                     f"config.model.vision.image_size={vision.image_size}")

@@ -20,7 +20,8 @@ import numpy as np
 from unimodal_jax.train import results as results_lib
 from unimodal_jax import sharding
 from unimodal_jax.models import build
-from unimodal_jax.train import config_checks, data_setup, initialization, losses, optimizer
+from unimodal_jax.train import batch_spec, config_checks, data_setup, initialization, losses
+from unimodal_jax.train import optimizer
 from unimodal_jax.train import metrics as metrics_lib
 from unimodal_jax.train.checkpointing import TrainCheckpointer
 from unimodal_jax.train.state import init_state, state_shardings
@@ -50,6 +51,8 @@ def run(config, workdir: str, *, log=metrics_lib.print_flushed) -> dict:
   total_steps = int(train_cfg.steps)
   os.makedirs(workdir, exist_ok=True)
 
+  config_checks.check_image_size(config, model_config)
+  spec = batch_spec.batch_spec(config)
   model = build.build(model_config)
   abstract_params = nn.meta.unbox(sharding.abstract_params(model, model_config))
   opt_cfg = config.optimizer.to_dict()
@@ -100,7 +103,11 @@ def run(config, workdir: str, *, log=metrics_lib.print_flushed) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_sh, np.asarray(v))
             for k, v in batch.items()}
 
-  eval_set = [to_global(b) for b in data.eval_batches]
+  def checked(batch, where):
+    batch_spec.check_local_batch(batch, spec, jax.process_count(), where)
+    return batch
+
+  eval_set = [to_global(checked(b, "config.data.eval_sources")) for b in data.eval_batches]
 
   def evaluate(params) -> dict:
     if not eval_set:
@@ -132,7 +139,10 @@ def run(config, workdir: str, *, log=metrics_lib.print_flushed) -> dict:
 
   with sharding.activation_sharding(mesh):
     for step in range(start_step, total_steps):
-      batch = to_global(next(train_iter))
+      local = next(train_iter)
+      if step == start_step:  # the step is compiled for the spec's fields (aot.py compiles it too)
+        checked(local, "config.data")
+      batch = to_global(local)
       state, step_metrics = step_fn(state, batch)
       progress.add_tokens(tokens_per_step)
       done = step + 1
