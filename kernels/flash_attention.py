@@ -38,9 +38,9 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import PartitionSpec as P
 
-from unimodal_jax.models.attention import dot_product_attention
+from unimodal_jax.kernels.dispatch import resolve_impl
+from unimodal_jax.kernels.attention_mask import attention_mask
 
-IMPLS = ("auto", "xla", "pallas")
 # Finite, so a fully masked row (only padded query rows) averages instead of producing NaN.
 _MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
 _NT = (((1,), (1,)), ((), ()))  # a [m, d] . b [n, d] -> [m, n]
@@ -86,7 +86,8 @@ def flash_attention_reference(q, k, v, *, causal=True, segment_ids=None):
   if causal:
     q_seg = jnp.ones((b, lq), jnp.int32) if segment_ids is None else segment_ids
     kv_seg = jnp.ones((b, lk), jnp.int32) if segment_ids is None else segment_ids
-    return dot_product_attention(q, k, v, q_segment_ids=q_seg, kv_segment_ids=kv_seg)
+    mask = attention_mask(q_seg, kv_seg)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
   mask = None
   if segment_ids is not None:
     mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
@@ -665,23 +666,6 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 # Dispatch.
 
 
-def _resolve(impl, platform, interpret):
-  """-> 'xla' | 'tpu' | 'gpu'. `platform` defaults to the default backend."""
-  if impl not in IMPLS:
-    raise ValueError(f"impl {impl!r}: expected one of {IMPLS}")
-  platform = platform or jax.default_backend()
-  platform = "gpu" if platform in ("cuda", "rocm") else platform
-  if impl == "auto":
-    return platform if platform in ("tpu", "gpu") else "xla"
-  if impl == "xla":
-    return "xla"
-  if platform in ("tpu", "gpu"):
-    return platform
-  if interpret:  # CPU: simulate the TPU kernels
-    return "tpu"
-  raise ValueError("impl='pallas' on CPU needs interpret=True (or pltpu.InterpretParams())")
-
-
 def _pad_seq(a, length, axis=1, value=0):
   if a.shape[axis] == length:
     return a
@@ -715,7 +699,7 @@ def flash_attention(q, k, v, *, causal=True, segment_ids=None, impl="auto", inte
   if segment_ids is not None and (lq != lk or segment_ids.shape != (b, lq)):
     raise ValueError(f"segment_ids {segment_ids.shape} needs shape [B, L] with Lq == Lk "
                      f"({lq}, {lk})")
-  path = _resolve(impl, platform, interpret)
+  path = resolve_impl(impl, platform, interpret)
   if path == "xla":
     return flash_attention_reference(q, k, v, causal=causal, segment_ids=segment_ids)
 

@@ -35,7 +35,7 @@ from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import PartitionSpec as P
 
 METRICS = ("l2", "cosine")
-IMPLS = ("auto", "xla", "pallas")
+from unimodal_jax.kernels.dispatch import resolve_impl
 _NORM_EPS = 1e-12
 
 
@@ -303,23 +303,6 @@ def _vq_gpu(x, codebook, metric, bs: VQBlockSizes, interpret):
 # Dispatch.
 
 
-def _resolve(impl, platform, interpret):
-  """-> ('xla' | 'tpu' | 'gpu'). `platform` defaults to the default backend."""
-  if impl not in IMPLS:
-    raise ValueError(f"impl {impl!r}: expected one of {IMPLS}")
-  platform = platform or jax.default_backend()
-  platform = "gpu" if platform in ("cuda", "rocm") else platform
-  if impl == "auto":
-    return platform if platform in ("tpu", "gpu") else "xla"
-  if impl == "xla":
-    return "xla"
-  if platform in ("tpu", "gpu"):
-    return platform
-  if interpret:  # CPU: simulate the TPU kernel
-    return "tpu"
-  raise ValueError("impl='pallas' on CPU needs interpret=True (or pltpu.InterpretParams())")
-
-
 def vq_lookup(x, codebook, *, metric="l2", impl="auto", interpret=False, block_sizes=None,
               platform=None):
   """Nearest code of each row of x: (indices int32 [N], distances float32 [N]).
@@ -335,7 +318,7 @@ def vq_lookup(x, codebook, *, metric="l2", impl="auto", interpret=False, block_s
   dtype = jnp.result_type(x.dtype, codebook.dtype)  # one matmul dtype (Mosaic wants it)
   x, codebook = x.astype(dtype), codebook.astype(dtype)
   bs = block_sizes or VQBlockSizes()
-  path = _resolve(impl, platform, interpret)
+  path = resolve_impl(impl, platform, interpret)
   if x.shape[0] == 0:
     return jnp.zeros((0,), jnp.int32), jnp.zeros((0,), jnp.float32)
   if path == "xla":

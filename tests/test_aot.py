@@ -123,7 +123,7 @@ def test_train_step_with_kernels_compiles_for_v5p():
   import jax
   import jax.numpy as jnp
   from experiments.tiny import lm
-  from kernels.vq_lookup import vq_lookup_sharded
+  from unimodal_jax.kernels.vq_lookup import vq_lookup_sharded
   from unimodal_jax import sharding
   config = lm.get_config()
   config.model.update(hidden_size=256, intermediate_size=512, num_heads=2, num_kv_heads=2,

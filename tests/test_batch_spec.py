@@ -1,5 +1,6 @@
 """One batch spec (train/batch_spec.py): the data pipeline's batches have exactly its fields,
 shapes and dtypes, and the AOT compiler builds its abstract batch from it."""
+import chex
 import numpy as np
 import pytest
 
@@ -21,9 +22,8 @@ def test_a_real_pipeline_batch_has_the_specs_fields_shapes_and_dtypes(tmp_path):
   for batch in (next(data.train_iter), data.eval_batches[0]):
     assert set(batch) == set(spec)
     for name, want in spec.items():
-      got = np.asarray(batch[name])
-      assert got.shape == want.shape, name
-      assert got.dtype == want.dtype, name
+      chex.assert_shape(batch[name], want.shape)
+      chex.assert_type(batch[name], want.dtype)
     batch_spec.check_local_batch(batch, spec, 1, "test")
   # The segment fields are what packing writes, not zeros: every row holds a document.
   assert batch["segment_ids"].max() >= 1 and batch["positions"].max() > 0

@@ -3,8 +3,7 @@ scenes drawn to satisfy each prompt, through the codec, judged. Checked with cod
 output is known: a lossless one must score 1 in every category, one that loses every object 0."""
 import numpy as np
 
-from unimodal_jax.data.worlds import shapes
-from unimodal_jax.eval import shapes_judge
+from unimodal_jax.data.worlds import geneval, shapes
 from unimodal_jax.pipeline import evaluate, report
 
 
@@ -31,7 +30,7 @@ def test_ceiling_is_one_for_a_lossless_codec_and_zero_when_objects_are_lost():
   s = evaluate.ImageSampling()
   perfect = evaluate.generation_ceiling(_RecordingCodec(True), 1, 3, s, log=lambda *a: None)
   lost = evaluate.generation_ceiling(_RecordingCodec(False), 1, 3, s, log=lambda *a: None)
-  assert set(perfect) == set(shapes_judge.GENEVAL_CATEGORIES) | {"overall"}
+  assert set(perfect) == set(geneval.GENEVAL_CATEGORIES) | {"overall"}
   assert all(v == 1.0 for v in perfect.values()), perfect
   assert all(v == 0.0 for v in lost.values()), lost
 

@@ -75,22 +75,25 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   assert json.load(open(tmp_path / "stage3" / "results.json"))["status"] == "completed"
 
 
-def test_stage_dir_of_another_config_is_moved_aside(tmp_path):
-  """A stage killed mid-run resumes from its checkpoints only if they were made with the same
-  stage config; otherwise (the config changed between runs) they are kept aside, renamed, and
-  the stage starts from an empty directory."""
-  from unimodal_jax.pipeline import recipe
+def test_a_workdir_of_another_run_identity_is_moved_aside(tmp_path):
+  """A run killed mid-way resumes from its checkpoints only if they belong to the same run (the
+  main job's stages and the tokenizer's phases pass their config's fingerprint as the identity);
+  otherwise (the config changed between runs) they are kept aside, renamed, and training starts
+  from an empty directory. Without an identity (the command line) a workdir is always resumed."""
+  from unimodal_jax.train import fit
   logs = []
   stage = tmp_path / "stage1"
-  recipe._claim_stage_dir(str(stage), "fp-a", logs.append)
+  fit._claim(str(stage), "fp-a", logs.append)
   (stage / "checkpoints").mkdir()
   (stage / "checkpoints" / "marker").write_text("a")
-  recipe._claim_stage_dir(str(stage), "fp-a", logs.append)  # same config: resume in place
+  fit._claim(str(stage), "fp-a", logs.append)  # same config: resume in place
   assert (stage / "checkpoints" / "marker").read_text() == "a" and not logs
-  recipe._claim_stage_dir(str(stage), "fp-b", logs.append)  # another config: moved aside
+  fit._claim(str(stage), None, logs.append)  # no identity: resume in place
+  assert (stage / "checkpoints" / "marker").read_text() == "a" and not logs
+  fit._claim(str(stage), "fp-b", logs.append)  # another config: moved aside
   assert (tmp_path / "stage1.stale-1" / "checkpoints" / "marker").read_text() == "a"
-  assert sorted(os.listdir(stage)) == ["stage_config.fingerprint"]
+  assert sorted(os.listdir(stage)) == [fit.IDENTITY_FILE]
   assert "moved it to" in logs[0] and "stage1.stale-1" in logs[0]
   (stage / "x").write_text("b")
-  recipe._claim_stage_dir(str(stage), "fp-c", logs.append)  # a second change: a new name
+  fit._claim(str(stage), "fp-c", logs.append)  # a second change: a new name
   assert (tmp_path / "stage1.stale-2" / "x").read_text() == "b"

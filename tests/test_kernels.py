@@ -16,10 +16,10 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kernels import flash_attention, vq_lookup
-from kernels.flash_attention import FlashBlockSizes, flash_attention_reference
-from kernels.flash_attention import flash_attention_sharded
-from kernels.vq_lookup import VQBlockSizes, vq_lookup_reference, vq_lookup_sharded
+from unimodal_jax.kernels import flash_attention, vq_lookup
+from unimodal_jax.kernels.flash_attention import FlashBlockSizes, flash_attention_reference
+from unimodal_jax.kernels.flash_attention import flash_attention_sharded
+from unimodal_jax.kernels.vq_lookup import VQBlockSizes, vq_lookup_reference, vq_lookup_sharded
 
 # Small tiles so a small problem spans several of them.
 VQ_SMALL = VQBlockSizes(block_tokens=128, block_codes=128, gpu_block_tokens=32,

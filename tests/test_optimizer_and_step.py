@@ -31,7 +31,7 @@ def _setup(opt_cfg, accum=1, config=None):
   tx, schedules = optimizer.build(opt_cfg, params, total_steps=10)
   frozen = optimizer.frozen_mask(params, optimizer.parse_groups(opt_cfg["groups"]))
   _, shardings = state_shardings(model, config, tx, mesh)
-  state = init_state(model, tx, 0, shardings, jnp.zeros((1, 4), jnp.int32))
+  state = init_state(model, config, tx, 0, shardings)
   step = jax.jit(make_train_step(model, tx, frozen, schedules, grad_accum_steps=accum))
   return state, step, tx
 

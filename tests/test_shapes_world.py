@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from unimodal_jax.data import documents
-from unimodal_jax.data.worlds import shapes
+from unimodal_jax.data.worlds import geneval, shapes
 from unimodal_jax.eval import shapes_judge
 
 EXTREMES = {"leftmost": lambda o: o.x, "rightmost": lambda o: -o.x,
@@ -364,23 +364,23 @@ def _spoiled(spec, category, scene):
 
 
 def test_geneval_scorer_accepts_right_images_and_catches_wrong_ones():
-  prompts = shapes_judge.geneval_prompts(seed=31, per_category=8)
+  prompts = geneval.geneval_prompts(seed=31, per_category=8)
   assert collections.Counter(p["category"] for p in prompts) == {
-      c: 8 for c in shapes_judge.GENEVAL_CATEGORIES}
+      c: 8 for c in geneval.GENEVAL_CATEGORIES}
   rng = np.random.default_rng(31)
-  scenes = [shapes_judge.render_for_spec(p["spec"], rng) for p in prompts]
+  scenes = [geneval.render_for_spec(p["spec"], rng) for p in prompts]
   images = [shapes.render(s) for s in scenes]
   for p, scene, image in zip(prompts, scenes, images):
     assert shapes_judge.score(p["spec"], image), p
     wrong = _spoiled(p["spec"], p["category"], scene)
-    assert not shapes_judge.satisfied(wrong, scene.objects), (p, wrong)
+    assert not geneval.satisfied(wrong, scene.objects), (p, wrong)
     assert not shapes_judge.score(wrong, image), (p, wrong)
   # On images drawn for other prompts the judge reaches the ground truth's verdict.
   verdicts = collections.Counter()
   for i, p in enumerate(prompts):
     for j in (i + 5, i + 17):
       j %= len(prompts)
-      truth = shapes_judge.satisfied(p["spec"], scenes[j].objects)
+      truth = geneval.satisfied(p["spec"], scenes[j].objects)
       assert shapes_judge.score(p["spec"], images[j]) == truth
       verdicts[truth] += 1
   assert verdicts[True] >= 5 and verdicts[False] >= 5
@@ -405,11 +405,11 @@ def test_geneval_scorer_rejects_noise_images():
 def test_geneval_position_rule_follows_boxes():
   left = shapes.Obj("circle", "red", "small", 0.2, 0.5)
   right = shapes.Obj("square", "blue", "small", 0.8, 0.5)
-  assert shapes_judge.relative_position(left, right) == {"left of"}
-  assert shapes_judge.relative_position(right, left) == {"right of"}
+  assert geneval.relative_position(left, right) == {"left of"}
+  assert geneval.relative_position(right, left) == {"right of"}
   close = shapes.Obj("square", "blue", "small", 0.23, 0.5)  # within 0.1 x box sizes: nothing
-  assert shapes_judge.relative_position(left, close) == set()
+  assert geneval.relative_position(left, close) == set()
   spec = {"include": [{"shape": "square", "count": 1},
                       {"shape": "circle", "count": 1, "position": ["left of", 0]}]}
-  assert shapes_judge.satisfied(spec, [left, right])
-  assert not shapes_judge.satisfied(spec, [shapes.Obj("circle", "red", "small", 0.9, 0.2), right])
+  assert geneval.satisfied(spec, [left, right])
+  assert not geneval.satisfied(spec, [shapes.Obj("circle", "red", "small", 0.9, 0.2), right])

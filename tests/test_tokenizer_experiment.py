@@ -2,8 +2,10 @@
 semantic tokenizer, pixel decoder, pixel VQ baseline, judged reconstructions."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -13,12 +15,15 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _command(config: str, workdir, *flags):
+  return [sys.executable, "-m", "unimodal_jax.train.tokenizer",
+          "--config=" + os.path.join(REPO, "experiments", "tiny", config) + ":micro",
+          f"--workdir={workdir}", *flags]
+
+
 def _run(config: str, workdir, *flags):
-  proc = subprocess.run(
-      [sys.executable, "-m", "unimodal_jax.train.tokenizer",
-       "--config=" + os.path.join(REPO, "experiments", "tiny", config) + ":micro",
-       f"--workdir={workdir}", *flags], capture_output=True, text=True, cwd=REPO,
-      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  proc = subprocess.run(_command(config, workdir, *flags), capture_output=True, text=True,
+                        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads((workdir / "results.json").read_text())
 
@@ -48,7 +53,7 @@ def test_digits_world_reads_its_scans_and_judges_them(tmp_path):
 
 def test_unknown_world_is_named_in_the_error():
   from unimodal_jax.train import tokenizer
-  with pytest.raises(ValueError, match="config.data.world='mnist'; expected 'shapes' or"):
+  with pytest.raises(ValueError, match="config.data.world='mnist'; expected one of"):
     tokenizer._World(ml_collections.ConfigDict(dict(world="mnist")), 32)
 
 
@@ -73,22 +78,58 @@ def test_image_tokens_per_experiment_follow_the_clip_patch_size():
     clip_shapes.get_config("patch2")
 
 
-def test_a_phase_retrained_after_a_config_change_is_saved_over_the_stale_one(tmp_path):
-  """A phase saved with another config is moved aside and the retrained one is what loads
-  (orbax would otherwise skip the save of an existing step and the stale model would be read)."""
+def test_writing_a_step_a_checkpoint_holds_already_is_an_error(tmp_path):
+  """orbax skips the save of an existing step; unchecked, a stale model would be read back as
+  if it were the new one."""
   from unimodal_jax import checkpoints
-  from unimodal_jax.train import tokenizer
-  phase = str(tmp_path / "tokenizer")
-  tokenizer._save(phase, {"w": np.zeros(3, np.float32)}, {"code_dim": 16})
-  logs = []
-  assert tokenizer._load_phase(phase, {"code_dim": 32}, logs.append) is None
-  assert "moved it to" in logs[0] and (tmp_path / "tokenizer.stale-1").is_dir()
-  tokenizer._save(phase, {"w": np.ones(3, np.float32)}, {"code_dim": 32})
-  loaded = tokenizer._load_phase(phase, {"code_dim": 32}, logs.append)
-  np.testing.assert_array_equal(loaded["w"], np.ones(3, np.float32))
-  # Writing a step the directory holds already is an error, not a silent no-op.
+  from unimodal_jax.models import vit
+  config = vit.VitConfig(image_size=8, patch_size=4, hidden_size=8, intermediate_size=16,
+                         num_layers=1, num_heads=2)
+  checkpoints.save_pretrained(str(tmp_path / "p"), {"w": np.zeros(3, np.float32)}, config)
   with pytest.raises(FileExistsError, match="was not written"):
-    checkpoints.save_pretrained(phase, {"w": np.full(3, 2.0, np.float32)},
-                                tokenizer._ConfigDict({"code_dim": 32}))
-  np.testing.assert_array_equal(tokenizer._load_phase(phase, {"code_dim": 32}, logs.append)["w"],
-                                np.ones(3, np.float32))
+    checkpoints.save_pretrained(str(tmp_path / "p"), {"w": np.ones(3, np.float32)}, config)
+  np.testing.assert_array_equal(checkpoints.restore_params(str(tmp_path / "p"))[0]["w"],
+                                np.zeros(3, np.float32))
+
+
+@pytest.mark.slow
+def test_a_tokenizer_phase_killed_mid_run_resumes_bit_identically(tmp_path):
+  """SIGKILL while the semantic tokenizer trains; the same command again resumes it from its
+  last checkpoint (train/fit.py) and ends with the very params of an uninterrupted run."""
+  import jax
+  from unimodal_jax import load_pretrained
+  flags = ["--config.tokenizer_train.steps=200", "--config.tokenizer_train.checkpoint_every=20",
+           "--config.pixel_train.steps=5", "--config.baseline_train.steps=0"]
+  _run("tokenizer_shapes.py", tmp_path / "straight", *flags)
+  reuse_clip = f"--config.encoder.clip_workdir={tmp_path / 'straight' / 'clip'}"
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_command("tokenizer_shapes.py", killed, *flags, reuse_clip),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  deadline = time.time() + 300
+  while (not os.path.isdir(killed / "tokenizer" / "checkpoints" / "40")
+         and time.time() < deadline):
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  assert not (killed / "tokenizer" / "results.json").exists(), "it finished before the kill"
+
+  _run("tokenizer_shapes.py", killed, *flags, reuse_clip)
+  for phase in ("tokenizer", "pixel_decoder"):
+    _, straight = load_pretrained(str(tmp_path / "straight" / phase))
+    _, resumed = load_pretrained(str(killed / phase))
+    assert jax.tree.structure(straight) == jax.tree.structure(resumed)
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # Rerun with another tokenizer config: the tokenizer and the pixel decoder trained on its
+  # output are moved aside and trained again; the new ones are what loads.
+  proc = subprocess.run(_command("tokenizer_shapes.py", killed, *flags, reuse_clip,
+                                 "--config.tokenizer.code_dim=8"),
+                        capture_output=True, text=True, cwd=REPO,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "moved it to" in proc.stdout
+  assert (killed / "tokenizer.stale-1").is_dir() and (killed / "pixel_decoder.stale-1").is_dir()
+  model, _ = load_pretrained(str(killed / "tokenizer"))
+  assert model.config.code_dim == 8

@@ -169,7 +169,8 @@ def test_results_tensorboard_and_learning(tmp_path, data_cache):
   for tag in ("train/loss", "train/grad_norm", "train/lr/default", "train/tokens_per_s",
               "train/mfu", "eval/loss"):
     assert tag in scalars, sorted(scalars)
-  assert [s for s, _ in scalars["train/loss"]] == list(range(10, 201, 10))
+  # Every 10 steps, and the first (its loss is the starting point).
+  assert [s for s, _ in scalars["train/loss"]] == [1] + list(range(10, 201, 10))
   assert scalars["eval/loss"][-1][1] == pytest.approx(results["eval"]["loss"], rel=1e-6)
   # The same command again finds the run complete and leaves its results alone.
   again = _train(tmp_path, data_cache)

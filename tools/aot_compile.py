@@ -21,6 +21,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for TPU; run nothing lo
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 # Compiling needs no exclusive hold on libtpu: let several compilations run side by side.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# The repository root: experiment configs import experiments.*, which is not installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

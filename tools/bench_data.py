@@ -18,6 +18,9 @@ import sys
 import tempfile
 import time
 
+# The repository root: experiment configs import experiments.*, which is not installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _make_dataset(directory, n, seed):
   import numpy as np
@@ -132,7 +135,7 @@ def _train_step_tokens_per_s(seq_len, batch, repeats):
   params = nn.meta.unbox(sharding.abstract_params(model, model_config))
   tx, schedules = optimizer.build(config.optimizer.to_dict(), params, 100)
   abstract, shardings = state_shardings(model, model_config, tx, mesh)
-  state = init_state(model, tx, 0, shardings, jnp.zeros((1, 8), jnp.int32))
+  state = init_state(model, model_config, tx, 0, shardings)
   frozen = jax.tree.map(lambda _: False, state.params)
   step = jax.jit(make_train_step(model, tx, frozen, schedules), donate_argnums=(0,))
   tokens = jnp.ones((batch, seq_len), jnp.int32)

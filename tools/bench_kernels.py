@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kernels.vq_lookup import VQBlockSizes, vq_lookup, vq_lookup_reference  # noqa: E402
+from unimodal_jax.kernels.vq_lookup import VQBlockSizes, vq_lookup, vq_lookup_reference  # noqa: E402
 
 MiB = 1024**2
 
@@ -110,7 +110,7 @@ def tpu_roofline(topology, n, k, d):
   """Compile the Mosaic lookup for a TPU topology (tokens sharded over all chips) and compare
   the compiler's FLOP and byte counts per chip with the chip's roofline."""
   from unimodal_jax import aot, sharding
-  from kernels.vq_lookup import vq_lookup_sharded
+  from unimodal_jax.kernels.vq_lookup import vq_lookup_sharded
   gen, devices = aot.topology_devices(topology)
   mesh = sharding.make_mesh({"data": -1}, devices)
   x = jax.ShapeDtypeStruct((n, d), jnp.bfloat16, sharding=jax.sharding.NamedSharding(

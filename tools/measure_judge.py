@@ -38,7 +38,7 @@ def main(argv=None) -> int:
 
   import numpy as np
 
-  from unimodal_jax.data.worlds import shapes
+  from unimodal_jax.data.worlds import geneval, shapes
   from unimodal_jax.eval import shapes_judge
 
   start = time.time()
@@ -55,21 +55,21 @@ def main(argv=None) -> int:
       print(f"{kind:<14}{level:>8g}{accuracy:>10.3f}", flush=True)
 
   if args.geneval_per_category:
-    prompts = shapes_judge.geneval_prompts(args.seed, args.geneval_per_category)
+    prompts = geneval.geneval_prompts(args.seed, args.geneval_per_category)
     rng = np.random.default_rng([args.seed, 3])
-    scenes = [shapes_judge.render_for_spec(q["spec"], rng, args.size) for q in prompts]
+    scenes = [geneval.render_for_spec(q["spec"], rng, args.size) for q in prompts]
     images = [shapes.render(s) for s in scenes]
     own, agree = {}, {}
     for i, q in enumerate(prompts):
       own.setdefault(q["category"], []).append(shapes_judge.score(q["spec"], images[i]))
       # An image drawn for another prompt: the judge must reach the ground truth's verdict.
       j = (i * 7 + 3) % len(prompts)
-      truth = shapes_judge.satisfied(q["spec"], scenes[j].objects)
+      truth = geneval.satisfied(q["spec"], scenes[j].objects)
       agree.setdefault(q["category"], []).append(
           shapes_judge.score(q["spec"], images[j]) == truth)
     print(f"\n{'geneval':<14}{'own image':>10}{'other image':>13}")
     results["geneval_own"], results["geneval_other_agreement"] = {}, {}
-    for category in shapes_judge.GENEVAL_CATEGORIES:
+    for category in geneval.GENEVAL_CATEGORIES:
       results["geneval_own"][category] = float(np.mean(own[category]))
       results["geneval_other_agreement"][category] = float(np.mean(agree[category]))
       print(f"{category:<14}{np.mean(own[category]):>10.3f}{np.mean(agree[category]):>13.3f}")

@@ -6,7 +6,7 @@
 Worlds are also generated on the fly by the pipeline (data.sources = {name: {world: ...}});
 shards are for reuse elsewhere, inspection, or pre-tokenizing images once. Deterministic: the
 same flags write the same bytes.
-Tasks: shapes: caption, text_to_image, conversation, edit, interleaved;
+Tasks: shapes: caption, text_to_image, conversation, dialogue, edit, interleaved, geneval;
        digits: caption, text_to_image (--split train | judge_train | judge_test).
 """
 import argparse
@@ -17,7 +17,8 @@ import time
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--world", required=True, choices=["shapes", "digits"])
+  from unimodal_jax.data import worlds
+  p.add_argument("--world", required=True, choices=list(worlds.WORLDS))
   p.add_argument("--task", required=True, help="document task (see above)")
   p.add_argument("--count", type=int, required=True, help="number of documents")
   p.add_argument("--out_dir", required=True)
@@ -30,17 +31,10 @@ def main(argv=None) -> int:
   from tqdm import tqdm
   from unimodal_jax.data import shards
 
-  if args.world == "shapes":
-    from unimodal_jax.data.worlds import shapes
-    size = args.size or 64
-    make = lambda i: shapes.make_document(args.seed, i, args.task, size=size)
-  else:
-    from unimodal_jax.data.worlds import digits
-    size = args.size or 32
-    make = lambda i: digits.document(i, task=args.task, split_name=args.split, size=size,
-                                     seed=args.seed)
+  size = args.size or worlds.DEFAULT_SIZE[args.world]
+  make = lambda i: worlds.make_document(args.world, args.task, args.seed, i, size, args.split)
   try:
-    make(0)
+    worlds.check(args.world, args.task, args.split, "--world/--task/--split")
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unimodal_jax.models.decoder import Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
 
 PARAMS = "params"
 MODEL_CONFIG = "model_config"
 # Items that training adds beside them (see unimodal_jax/train/checkpointing.py).
 OPT_STATE = "opt_state"
+MODEL_STATE = "model_state"  # variable collections besides params (an EMA codebook's vq_stats)
 TRAIN_META = "train_meta"
 EXPERIMENT_CONFIG = "config"
 DATA_ITERATOR = "data_iter"
@@ -72,6 +72,7 @@ def item_handlers() -> dict:
   """Handlers for every item a model or training checkpoint may hold."""
   standard, json_ = ocp.StandardCheckpointHandler, ocp.JsonCheckpointHandler
   return {PARAMS: standard(), OPT_STATE: standard(), TRAIN_META: standard(),
+          MODEL_STATE: standard(),
           MODEL_CONFIG: json_(), EXPERIMENT_CONFIG: json_(), DATA_ITERATOR: json_()}
 
 
@@ -173,35 +174,68 @@ def latest_step(directory: str) -> int:
   return step
 
 
-def load_model_config(directory: str, step: int | None = None) -> DecoderConfig:
-  directory = resolve_directory(directory)
+def resolve_model_directory(directory: str) -> str:
+  """The checkpoint directory of what `directory` names: a pipeline workdir (it has phases.json)
+  gives its last ILLUME stage that holds checkpoints; a training workdir its `checkpoints/`."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(os.path.join(directory, "phases.json")):
+    stages = [os.path.join(directory, f"stage{i}") for i in (3, 2, 1)]
+    trained = [d for d in stages if os.path.isdir(os.path.join(d, TRAIN_SUBDIR))]
+    if not trained:
+      raise FileNotFoundError(f"{directory}: a pipeline workdir with no trained stage yet "
+                              "(stage1..3/checkpoints are missing)")
+    directory = trained[0]
+  return resolve_directory(directory)
+
+
+def read_model_config(directory: str, step: int | None = None) -> dict:
+  """The saved model_config dict of a checkpoint (any kind)."""
+  directory = resolve_model_directory(directory)
   step = latest_step(directory) if step is None else step
   path = os.path.join(directory, str(step), MODEL_CONFIG, "metadata")
-  if not os.path.exists(path):
-    with _manager(directory, create=False) as manager:
-      d = manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))[
-          MODEL_CONFIG]
-  else:
+  if os.path.exists(path):
     with open(path) as f:
-      d = json.load(f)
-  return DecoderConfig.from_dict(d)
+      return json.load(f)
+  with _manager(directory, create=False) as manager:
+    return manager.restore(step, args=ocp.args.Composite(model_config=ocp.args.JsonRestore()))[
+        MODEL_CONFIG]
+
+
+def load_model_config(directory: str, step: int | None = None):
+  """The config object of a checkpoint, of whatever kind it says (models/build.py)."""
+  from unimodal_jax.models import build
+  return build.config_from_dict(read_model_config(directory, step))
+
+
+def _cast(params, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else x, params)
 
 
 def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
                     config_overrides: dict[str, Any] | None = None):
-  """`model, params = load_pretrained(dir)`.
+  """`model, params = load_pretrained(dir)` for every model kind (models/build.py): a decoder,
+  ILLUME, a ViT or CLIP, the semantic tokenizer, the pixel decoder, and the kinds registered
+  later. The saved model_config's `kind` decides.
 
-  `dir` is a converted checkpoint or a training workdir (its latest step unless `step`).
-  `config_overrides` changes numerics/layout fields (e.g. `{'dtype': 'bfloat16',
-  'scan_layers': True}`); params are cast to the config's param_dtype. With `mesh`, params are
-  restored straight onto it, sharded by the logical-axis rules; otherwise on the default device.
+  `dir` is a converted checkpoint, a training workdir (its latest step unless `step`), or a
+  pipeline workdir (its last trained ILLUME stage). `config_overrides` changes numerics/layout
+  fields (e.g. `{'dtype': 'bfloat16', 'scan_layers': True}`); params are cast to the config's
+  param_dtype. With `mesh` (decoders and ILLUME), params are restored straight onto it, sharded
+  by the logical-axis rules; otherwise on the default device. For a kind whose checkpoint keeps
+  other variable collections (the EMA tokenizer's `vq_stats`), `params` is the whole variables
+  dict: call `model.apply(params, ...)`.
   """
-  directory = resolve_directory(directory)
+  from unimodal_jax.models import build
+  directory = resolve_model_directory(directory)
   step = latest_step(directory) if step is None else step
-  config = load_model_config(directory, step)
+  stored_config = read_model_config(directory, step)
+  kind = build.kind_of(stored_config)
+  config = build.config_from_dict(stored_config)
   if config_overrides:
     config = config.replace(**config_overrides)
-  model = Decoder(config)
+  model = build.build(config)
+  llm = build.llm_config(config)
+  layered = hasattr(llm, "scan_layers")  # a decoder, alone or inside ILLUME
 
   with _manager(directory, create=False) as manager:
     stored = manager.item_metadata(step)[PARAMS]
@@ -209,10 +243,15 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
     stored_tree = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), stored.tree
                                if hasattr(stored, "tree") else stored)
     if mesh is not None:
+      if not layered:
+        raise ValueError(f"load_pretrained(mesh=...) shards decoders and ILLUME; {directory} "
+                         f"holds a {stored_config.get('kind')!r} model: load it without a mesh")
       from unimodal_jax import sharding
-      stored_config = config.replace(scan_layers=is_scanned(stored_tree))
-      shardings = sharding.param_shardings(
-          sharding.abstract_params(Decoder(stored_config), stored_config), mesh)
+      stored_llm = llm.replace(scan_layers=is_scanned(
+          stored_tree["llm"] if llm is not config else stored_tree))
+      stored_model_config = config.replace(llm=stored_llm) if llm is not config else stored_llm
+      shardings = sharding.param_shardings(sharding.abstract_params(
+          build.build(stored_model_config), stored_model_config), mesh)
     else:
       device_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       shardings = jax.tree.map(lambda _: device_sharding, stored_tree)
@@ -220,10 +259,19 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
                           stored_tree, shardings)
     params = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target)))[PARAMS]
+    if kind.variables and "params" not in params:  # a training checkpoint: params + model_state
+      params = {"params": params, **_restore_item(manager, step, MODEL_STATE)}
 
-  dtype = config.jnp_param_dtype
-  params = jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else x, params)
-  params = to_layout(params, config, stack=jnp.stack)
+  if not layered:
+    dtype = getattr(config, "param_dtype", None)
+    if dtype and not kind.variables:
+      params = _cast(params, jnp.dtype(dtype))
+    return model, params
+  params = _cast(params, llm.jnp_param_dtype)
+  if llm is config:
+    params = to_layout(params, config, stack=jnp.stack)
+  else:
+    params = {**params, "llm": to_layout(params["llm"], llm, stack=jnp.stack)}
   if mesh is not None:
     from unimodal_jax import sharding
     params = jax.device_put(params, sharding.param_shardings(
@@ -231,9 +279,21 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
   return model, params
 
 
+def _restore_item(manager, step: int, item: str):
+  """An item of a step onto the default device, or {} when the step has none."""
+  if not os.path.isdir(os.path.join(manager.directory, str(step), item)):
+    return {}
+  stored = manager.item_metadata(step)[item]
+  stored = stored.tree if hasattr(stored, "tree") else stored
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+  return manager.restore(step, args=ocp.args.Composite(
+      **{item: ocp.args.StandardRestore(target)}))[item]
+
+
 def restore_params(directory: str, step: int | None = None) -> tuple[dict, dict]:
-  """(params on the default device, the model_config dict) of any model's checkpoint (CLIP,
-  tokenizers, ...): load_pretrained is the decoder-specific version of this."""
+  """(the stored tree on the default device, the model_config dict as saved): the raw form of
+  load_pretrained, for callers that read the saved provenance or the tree as it is."""
   directory = resolve_directory(directory)
   step = latest_step(directory) if step is None else step
   with _manager(directory, create=False) as manager:

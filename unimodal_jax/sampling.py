@@ -8,10 +8,13 @@ slots have segment id 0, so they are never attended: a masked token is as if abs
 also the unconditional branch of CFG: the same prompt with its condition tokens (the caption, the
 edit instruction) masked equals the training sequence whose text was dropped.
 
-    out = generate_text(model, params, prompt, prompt_mask, rng, SamplingConfig(max_new_tokens=32,
-                        temperature=0.0, stop_tokens=(vocab.eos_id,)))
-    codes = generate_image(model, params, prompt, prompt_mask, rng, vocab, tokens_per_image=256,
-                           guidance=2.0, uncond_mask=mask_without_caption, ...)
+    prompt, prompt_mask = left_pad([ids_1, ids_2], pad_id=0)     # numpy [B, P] each
+    out = generate_text(model, params, prompt, prompt_mask, rng, SamplingConfig(
+        max_new_tokens=32, temperature=0.0, stop_tokens=(vocab.eos_id,)), images=images)
+    codes = generate_image(model, params, prompt, prompt_mask, rng, tokens_per_image=256,
+                           image_offset=vocab.image_offset, image_codes=vocab.image_codes,
+                           guidance=2.0, uncond_mask=mask_without_caption, temperature=1.0,
+                           top_k=64)          # [B, 256] codebook ids
 
 Everything here is a jitted function of arrays; the model, the sampling settings and the lengths
 are static.

@@ -129,11 +129,11 @@ def param_shardings(boxed_params, mesh: Mesh) -> Any:
   return jax.tree.unflatten(jax.tree.structure(shapes), shardings)
 
 
-def abstract_params(model: nn.Module, config, batch: int = 1, length: int = 8):
-  """Boxed abstract params of a decoder-like model (no memory, no FLOPs)."""
-  import jax.numpy as jnp
-  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-  return jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
+def abstract_params(model: nn.Module, config):
+  """Boxed abstract params of any model kind, from its config's example inputs (no memory, no
+  FLOPs)."""
+  return jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a),
+                        *config.example_inputs())["params"]
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

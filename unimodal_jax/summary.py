@@ -4,7 +4,6 @@ token, how each weight is sharded on this machine's mesh, and a jitted forward p
     python -m unimodal_jax.summary --config=experiments/tiny/lm.py [--config.model.num_layers=8]
 """
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -27,27 +26,32 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=experiments/tiny/lm.py")
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from flax import linen as nn
   from unimodal_jax import sharding
-  from unimodal_jax.models.decoder import Decoder
-  from unimodal_jax.models.decoder_config import DecoderConfig
+  from unimodal_jax.models import build
 
   cfg = _CONFIG.value
-  config = DecoderConfig.from_dict(cfg.model.to_dict())
-  model = Decoder(config)
-  mesh = sharding.make_mesh(cfg.mesh.to_dict())
+  config = build.config_from_dict(cfg.model.to_dict())
+  model = build.build(config)
+  mesh = sharding.make_mesh(cfg.get("mesh", {"data": -1}))
   boxed = sharding.abstract_params(model, config)
   shardings = sharding.param_shardings(boxed, mesh)
   shapes = nn.meta.unbox(boxed)
+  llm = build.llm_config(config)
+  decoder = hasattr(llm, "num_kv_heads")  # a decoder, alone or inside ILLUME
 
   print(f"config      {config_flags.get_config_filename(flags.FLAGS['config'])}")
-  print(f"family      {config.family}: {config.num_layers} layers, hidden {config.hidden_size}, "
-        f"heads {config.num_heads} (kv {config.num_kv_heads}) x {config.head_dim}, "
-        f"mlp {config.intermediate_size}, vocab {config.vocab_size}")
-  print(f"params      {_human(config.num_params())} ({config.param_dtype}, compute {config.dtype})")
-  print(f"flops/token {_human(config.flops_per_token(cfg.seq_len))} (train, seq {cfg.seq_len})")
+  print(f"kind        {config.KIND}")
+  if decoder:
+    print(f"llm         {llm.family}: {llm.num_layers} layers, hidden {llm.hidden_size}, "
+          f"heads {llm.num_heads} (kv {llm.num_kv_heads}) x {llm.head_dim}, "
+          f"mlp {llm.intermediate_size}, vocab {llm.vocab_size}")
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  print(f"params      {_human(count)} ({getattr(llm, 'param_dtype', 'float32')}, compute "
+        f"{getattr(llm, 'dtype', 'float32')})")
+  if decoder and "seq_len" in cfg:
+    print(f"flops/token {_human(config.flops_per_token(cfg.seq_len))} (train, seq {cfg.seq_len})")
   print(f"mesh        {dict(mesh.shape)} on {len(mesh.devices.flat)} {jax.devices()[0].platform} "
         "device(s)")
   print(f"{'parameter':<42} {'shape':<20} {'sharding':<28} count")
@@ -58,6 +62,8 @@ def main(argv):
           f"{_human(int(np.prod(leaf.shape)))}")
 
   if _FORWARD.value:
+    if not decoder:
+      raise app.UsageError(f"--forward times a decoder's forward pass; {config.KIND!r} has none")
     batch = max(cfg.global_batch, 1)
     tokens = jax.random.randint(jax.random.key(0), (batch, cfg.seq_len), 0, config.vocab_size)
     params = jax.jit(lambda t: nn.meta.unbox(model.init(jax.random.key(0), t)["params"]),
@@ -78,5 +84,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from unimodal_jax.config_path import add_experiments_root
+  add_experiments_root()  # configs import experiments.*
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   app.run(main)

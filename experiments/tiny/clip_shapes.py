@@ -38,6 +38,7 @@ def get_config(arg=None):
                      "(use 'micro', 'patch4' or nothing)")
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(
+      kind="clip",
       vision=dict(  # a CLIP-layout ViT: class token, pre-norm, post-norm on the pooled vector
           image_size=32, patch_size=8, hidden_size=96, intermediate_size=192, num_layers=3,
           num_heads=4, num_channels=3, layer_norm_eps=1e-5, hidden_act="quick_gelu",
@@ -61,7 +62,11 @@ def get_config(arg=None):
       steps=2000, batch_size=128, seed=0, log_every=100, duplicates_positive=True,
       # 3/4 of each batch: groups of 8 captions that differ only in shape words (see
       # contrastive.BatchSampler); without them the towers learn color and count but no shape.
-      hard_negative_fraction=0.75, hard_negative_group=8, hard_negative_words="shape"))
+      hard_negative_fraction=0.75, hard_negative_group=8, hard_negative_words="shape",
+      # train/fit.py: a checkpoint every 500 steps (a kill loses at most that), 5 NaN/inf
+      # steps in a row stop the run.
+      checkpoint_every=500, keep_checkpoints=1, max_consecutive_nonfinite=5,
+      async_checkpointing=False))
   c.eval = ml_collections.ConfigDict(dict(every=500, batch_size=500, count_prompt_scenes=32))
   c.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=50, schedule="cosine", end_lr_ratio=0.05,
@@ -77,7 +82,7 @@ def get_config(arg=None):
     c.model.text.update(hidden_size=32, intermediate_size=64, num_layers=1)
     c.model.projection_dim = 32
     c.data.update(shapes_train=192, digits_train=64, shapes_eval=64)
-    c.train.update(steps=30, batch_size=32, log_every=5)
+    c.train.update(steps=30, batch_size=32, log_every=5, checkpoint_every=10)
     c.eval.update(batch_size=64, count_prompt_scenes=4)
     c.optimizer.update(learning_rate=3e-3, warmup_steps=5)
   return c

@@ -14,7 +14,7 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               Questions come one per image ("conversation", the format POPE asks in) and up to
               six per image ("dialogue"): with dialogues, POPE-style accuracy went from 0.52 to
               0.65 at the same number of steps (0.69 after the tokenizer's first-update
-              restarts; README, "ILLUME")
+              restarts; docs/results.md)
   eval        held-out scenes: POPE-style existence accuracy per split, counting/color/position
               VQA accuracy, GenEval-style generation scores by the judge, edit success; writes
               DIR/results.md, DIR/results.json and DIR/samples.png
@@ -24,14 +24,16 @@ import os
 
 import ml_collections
 
+from experiments.illume import table5
 from experiments.tiny import tokenizer_shapes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _stage(steps, batch, learning_rates, sources, warmup):
-  return dict(steps=steps, batch=batch, learning_rates=learning_rates, sources=sources,
-              warmup_steps=warmup)
+def _stage(stage, steps, batch, learning_rates, sources, warmup):
+  # Table 5's trainable parts at the tiny learning rates; what Table 5 freezes stays frozen.
+  return dict(steps=steps, batch=batch, sources=sources, warmup_steps=warmup, seed=stage,
+              groups=table5.optimizer_groups(stage, learning_rates=learning_rates))
 
 
 def get_config(arg=None):
@@ -79,20 +81,33 @@ def get_config(arg=None):
 
   lr = lambda x: x
   c.stages = {
-      "stage1": _stage(20 if micro else 100, 8 if micro else 32,
+      "stage1": _stage(1, 20 if micro else 100, 8 if micro else 32,
                        {"adapter": lr(3e-3), "vision_embed_head": lr(3e-3)},
                        {"caption": 1.0, "reconstruction": 1.0}, 5 if micro else 20),
-      "stage2": _stage(20 if micro else 500, 8 if micro else 32,
+      "stage2": _stage(2, 20 if micro else 500, 8 if micro else 32,
                        {"adapter": 2e-3, "llm": 2e-3, "vision_embed_head": 2e-3},
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
                         "conversation": 1.0, "dialogue": 2.0, "reconstruction": 0.5},
                        5 if micro else 50),
-      "stage3": _stage(20 if micro else 350, 8 if micro else 32,
+      "stage3": _stage(3, 20 if micro else 350, 8 if micro else 32,
                        {"vision_encoder": 1e-4, "llm": 1e-3, "adapter": 1e-3,
                         "vision_embed_head": 1e-3},
                        {"conversation": 1.0, "dialogue": 2.0, "geneval": 1.5, "text_to_image": 0.5,
                         "edit": 1.0, "caption": 0.5}, 5 if micro else 30),
   }
+  # What every stage's train/loop.py config shares (pipeline/recipe.py stage_config adds the
+  # model, the data sources and the stage's steps, batch, warm-up, seed and parameter groups).
+  c.stage_defaults = dict(
+      llm=dict(rope_theta=10000.0, rms_norm_eps=1e-6, param_dtype="float32", dtype="float32",
+               logits_dtype="float32", scan_layers=False, remat_policy="none", family="llama"),
+      mesh=dict(data=-1, fsdp=1, tensor=1),
+      data=dict(num_workers=0, strict=True, cache_dir=""),
+      train=dict(grad_accum_steps=1, z_loss_weight=0.0, eval_batches=0, keep_checkpoints=1,
+                 async_checkpointing=False, max_consecutive_nonfinite=5,
+                 peak_flops_per_device=0.0),
+      logs_per_stage=6, checkpoints_per_stage=3,
+      optimizer=dict(learning_rate=0.0, schedule="cosine", end_lr_ratio=0.1, b1=0.9, b2=0.95,
+                     eps=1e-8, weight_decay=0.0, clip_grad_norm=1.0))
   c.eval = dict(pope_per_style=6 if micro else 100, vqa_per_kind=6 if micro else 100,
                 geneval_per_category=2 if micro else 20, edits=4 if micro else 60,
                 image_temperature=1.0, image_top_k=64, guidance=2.0,

@@ -1,1 +1,2 @@
-"""Filled in by later issues (see DESIGN.md)."""
+"""Judges that score outputs without a human: the shapes world's judge (shapes_judge.py) reads
+the objects back from any image and applies GenEval's rules to them."""

@@ -22,13 +22,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from unimodal_jax.data.worlds import shapes
+from unimodal_jax.data.worlds import geneval, shapes
 
 BACKGROUND = np.asarray(shapes.BACKGROUND, np.float32)
 PALETTE = np.asarray(list(shapes.COLORS.values()), np.float32)
@@ -238,66 +238,8 @@ def judge_accuracy(seed: int, count: int, degradation: tuple[str, float] | None 
 
 
 # ---------------------------------------------------------------------------------------------
-# GenEval-style prompts and scoring. A spec mirrors GenEval's metadata:
-#   {"include": [{"shape", "count", "color"?, "position"?: [relation, include index]}],
-#    "exclude": [{"shape", "count"}]}   (exclude: fewer than `count` of that shape)
-
-GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position",
-                      "color_attr")
-POSITION_THRESHOLD = 0.1  # GenEval's: box centers must differ by more than 0.1 x box sizes
-
-
-def relative_position(a, b, threshold: float = POSITION_THRESHOLD,
-                      cosine: float = 0.5) -> set[str]:
-  """GenEval's relations of a to b from boxes (objects with .box()): the center offset less
-  threshold x (sum of box sizes), normalized; an axis counts when its share exceeds `cosine`."""
-  ax0, ay0, ax1, ay1 = a.box()
-  bx0, by0, bx1, by1 = b.box()
-  offset = np.array([(ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2])
-  dims = np.array([(ax1 - ax0) + (bx1 - bx0), (ay1 - ay0) + (by1 - by0)])
-  revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
-  if np.all(np.abs(revised) < 1e-3):
-    return set()
-  dx, dy = revised / np.linalg.norm(offset)
-  out = set()
-  if dx < -cosine:
-    out.add("left of")
-  if dx > cosine:
-    out.add("right of")
-  if dy < -cosine:
-    out.add("above")
-  if dy > cosine:
-    out.add("below")
-  return out
-
-
-def satisfied(spec: dict, objects: Sequence) -> bool:
-  """GenEval's verdict for a list of objects (Detections or shapes.Obj).
-
-  As in GenEval: each include needs `count` objects of its shape, of its color if it names one;
-  a position include needs its objects in the relation to every object matched by the include it
-  points at; an exclude fails when `count` or more of its shape are present. One deliberate
-  difference: GenEval checks colors among its `count` most confident boxes of the class, here
-  among all objects of the class (there are no confidences), largest first.
-  """
-  matched_groups: list[list | None] = []
-  correct = True
-  for req in spec.get("include", []):
-    found = [o for o in objects if o.shape == req["shape"]
-             and ("color" not in req or o.color == req["color"])]
-    found = sorted(found, key=lambda o: (-o.extent, o.x, o.y))[:req["count"]]
-    matched = len(found) >= req["count"]
-    if matched and "position" in req:
-      relation, target = req["position"]
-      group = matched_groups[target] if target < len(matched_groups) else None
-      matched = group is not None and all(relation in relative_position(o, t)
-                                          for o in found for t in group)
-    matched_groups.append(found if matched else None)
-    correct &= matched
-  for req in spec.get("exclude", []):
-    correct &= sum(o.shape == req["shape"] for o in objects) < req["count"]
-  return bool(correct)
-
+# GenEval-style scoring: the prompts, their specs and GenEval's rules on objects are the world's
+# (data/worlds/geneval.py); the judge finds the objects in pixels.
 
 MIN_BACKGROUND_FRACTION = 0.4  # a scene of this world is mostly background (objects <= ~45%)
 
@@ -315,103 +257,4 @@ def looks_like_scene(image: np.ndarray) -> bool:
 def score(spec: dict, image: np.ndarray) -> bool:
   """Does the image satisfy the prompt's spec (GenEval rules on detected objects)? An image
   that does not look like a scene of the world satisfies nothing."""
-  return looks_like_scene(image) and satisfied(spec, detect(image))
-
-
-def _pick(rng: np.random.Generator, options: Sequence, count: int = 1) -> list:
-  return [options[i] for i in rng.choice(len(options), size=count, replace=False)]
-
-
-def geneval_prompt(category: str, rng: np.random.Generator) -> dict:
-  """One prompt of a category: {"category", "prompt", "spec"}."""
-  colors = tuple(shapes.COLORS)
-  if category == "single_object":
-    (shape,) = _pick(rng, shapes.SHAPES)
-    text = f"a photo of {shapes.noun_phrase(1, shape)}"
-    spec = {"include": [{"shape": shape, "count": 1}], "exclude": []}
-  elif category == "two_object":
-    a, b = _pick(rng, shapes.SHAPES, 2)
-    text = f"a photo of {shapes.noun_phrase(1, a)} and {shapes.noun_phrase(1, b)}"
-    spec = {"include": [{"shape": a, "count": 1}, {"shape": b, "count": 1}], "exclude": []}
-  elif category == "counting":
-    (shape,) = _pick(rng, shapes.SHAPES)
-    count = int(rng.integers(2, 5))
-    text = f"a photo of {shapes.noun_phrase(count, shape)}"
-    spec = {"include": [{"shape": shape, "count": count}],
-            "exclude": [{"shape": shape, "count": count + 1}]}
-  elif category == "colors":
-    (shape,), (color,) = _pick(rng, shapes.SHAPES), _pick(rng, colors)
-    text = f"a photo of {shapes.noun_phrase(1, color, shape)}"
-    spec = {"include": [{"shape": shape, "count": 1, "color": color}], "exclude": []}
-  elif category == "position":
-    a, b = _pick(rng, shapes.SHAPES, 2)
-    (relation,) = _pick(rng, shapes.RELATIONS)
-    text = f"a photo of {shapes.noun_phrase(1, a)} {relation} {shapes.noun_phrase(1, b)}"
-    spec = {"include": [{"shape": b, "count": 1},
-                        {"shape": a, "count": 1, "position": [relation, 0]}], "exclude": []}
-  elif category == "color_attr":
-    a, b = _pick(rng, shapes.SHAPES, 2)
-    ca, cb = _pick(rng, colors, 2)
-    text = (f"a photo of {shapes.noun_phrase(1, ca, a)} and "
-            f"{shapes.noun_phrase(1, cb, b)}")
-    spec = {"include": [{"shape": a, "count": 1, "color": ca},
-                        {"shape": b, "count": 1, "color": cb}], "exclude": []}
-  else:
-    raise ValueError(f"geneval_prompt: category={category!r}; expected one of "
-                     f"{GENEVAL_CATEGORIES}")
-  return {"category": category, "prompt": text, "spec": spec}
-
-
-def geneval_prompts(seed: int, per_category: int) -> list[dict]:
-  """per_category prompts of each GenEval category, deterministic from the seed."""
-  rng = np.random.default_rng([seed, 2])
-  return [geneval_prompt(c, rng) for c in GENEVAL_CATEGORIES for _ in range(per_category)]
-
-
-def render_for_spec(spec: dict, rng: np.random.Generator, size: int = 64) -> shapes.Scene:
-  """A scene that satisfies the spec with room to spare (relations hold with a stricter
-  threshold than GenEval's), sometimes with one distractor of a shape the spec does not name."""
-  named = {req["shape"] for req in spec.get("include", []) + spec.get("exclude", [])}
-  free_shapes = [s for s in shapes.SHAPES if s not in named]
-  colors = tuple(shapes.COLORS)
-  for attempt in range(200):
-    objects: list[shapes.Obj] = []
-    groups: list[list[shapes.Obj]] = []
-    ok = True
-    for req in spec.get("include", []):
-      group = []
-      for _ in range(req["count"]):
-        color = req.get("color") or colors[int(rng.integers(len(colors)))]
-        size_name = "small" if attempt > 100 else tuple(shapes.SIZES)[int(rng.integers(2))]
-        for _ in range(60):
-          obj = shapes.place(rng, req["shape"], color, size_name, objects, size, tries=1)
-          if obj is None:
-            continue
-          if "position" in req:
-            relation, target = req["position"]
-            if not all(relation in relative_position(obj, t, threshold=0.2, cosine=0.7)
-                       for t in groups[target]):
-              continue
-          break
-        else:
-          obj = None
-        if obj is None:
-          ok = False
-          break
-        objects.append(obj)
-        group.append(obj)
-      if not ok:
-        break
-      groups.append(group)
-    if not ok:
-      continue
-    if free_shapes and rng.random() < 0.5:
-      shape = free_shapes[int(rng.integers(len(free_shapes)))]
-      extra = shapes.place(rng, shape, colors[int(rng.integers(len(colors)))], "small",
-                           objects, size)
-      if extra is not None:
-        objects.append(extra)
-    scene = shapes.Scene(tuple(objects), size)
-    if satisfied(spec, scene.objects):
-      return scene
-  raise RuntimeError(f"render_for_spec: could not draw a scene for {spec!r}")
+  return looks_like_scene(image) and geneval.satisfied(spec, detect(image))

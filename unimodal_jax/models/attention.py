@@ -18,26 +18,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from unimodal_jax.kernels.flash_attention import flash_attention, flash_attention_sharded
+from unimodal_jax.kernels.attention_mask import attention_mask
 from unimodal_jax.models.blockwise_attention import blockwise_causal_attention
 
 IMPLS = ("auto", "xla", "pallas", "blockwise")
-BATCH_AXES = ("data", "fsdp")  # as sharding.BATCH_AXES (not imported: no cycle with kernels/)
+BATCH_AXES = ("data", "fsdp")  # as sharding.BATCH_AXES (which imports the models)
 HEAD_AXIS = "tensor"
-
-
-def attention_mask(q_segment_ids, kv_segment_ids, q_offset=0):
-  """Boolean [batch, 1, q_len, kv_len]: causal in slot order and within the same segment.
-
-  Query i sits at slot `q_offset + i` of the key sequence (q_offset > 0 when decoding against a
-  cache). Padding (segment 0) attends to padding only, so no row is empty and softmax never sees
-  an all-masked row.
-  """
-  q_len, kv_len = q_segment_ids.shape[1], kv_segment_ids.shape[1]
-  q_slot = q_offset + jnp.arange(q_len, dtype=jnp.int32)
-  kv_slot = jnp.arange(kv_len, dtype=jnp.int32)
-  causal = kv_slot[None, :] <= q_slot[:, None]
-  same_segment = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-  return (causal[None] & same_segment)[:, None]
 
 
 def _context_mesh():
@@ -60,8 +47,6 @@ def target_platform() -> str:
 
 
 def _fused(q, k, v, segment_ids, mesh):
-  # lazy: kernels/flash_attention.py imports this module for its reference
-  from kernels.flash_attention import flash_attention, flash_attention_sharded
   platform = _platform(mesh)
   if platform not in ("tpu", "gpu"):  # 'pallas' on a CPU: the TPU kernel in interpret mode
     return flash_attention(q, k, v, causal=True, segment_ids=segment_ids, impl="pallas",

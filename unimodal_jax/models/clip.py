@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -25,23 +24,15 @@ import optax
 
 from unimodal_jax.models import vit
 from unimodal_jax.models.decoder import ACT_HIDDEN
-from unimodal_jax.models.decoder_config import DTYPES
+from unimodal_jax.models.model_config import ModelConfig
 
 KIND = "clip"
 TEXT_POOLINGS = ("eos", "mean")
 
 
-def _check_fields(cls, d: Mapping[str, Any], where: str) -> dict:
-  d = dict(d)
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(d) - known)
-  if unknown:
-    raise ValueError(f"unknown {where} field(s) {unknown}; known fields: {sorted(known)}")
-  return d
-
-
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(ModelConfig):
+  SECTION = "model.text"
   vocab_size: int
   max_len: int = 32
   hidden_size: int = 128
@@ -72,30 +63,26 @@ class TextConfig:
     if self.hidden_act not in vit.HIDDEN_ACTS:
       raise ValueError(f"model.text.hidden_act={self.hidden_act!r}; expected one of "
                        f"{vit.HIDDEN_ACTS}")
-    for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"model.text.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+    self.check_dtypes()
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
-  @property
-  def jnp_param_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
-
 
 @dataclasses.dataclass(frozen=True)
-class ClipConfig:
+class ClipConfig(ModelConfig):
+  KIND = KIND
+  NESTED = {"vision": vit.VitConfig, "text": TextConfig}
   vision: vit.VitConfig
   text: TextConfig
   projection_dim: int = 64
   logit_scale_init: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
   logit_scale_max: float = 100.0  # the learned scale is clipped here, as in CLIP
+
+  def example_inputs(self) -> tuple:
+    return (*self.vision.example_inputs(),
+            jax.ShapeDtypeStruct((1, self.text.max_len), jnp.int32))
 
   def __post_init__(self):
     if self.vision.pooling == "none":
@@ -106,25 +93,6 @@ class ClipConfig:
       raise ValueError(f"model.logit_scale_init={self.logit_scale_init} (scale "
                        f"{math.exp(self.logit_scale_init):.3g}) must be within (0, "
                        f"model.logit_scale_max={self.logit_scale_max}]")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "ClipConfig":
-    d = dict(d)
-    kind = d.pop("kind", KIND)
-    if kind != KIND:
-      raise ValueError(f"model config has kind={kind!r}; a ClipConfig needs kind={KIND!r}")
-    d = _check_fields(cls, d, "model")
-    for name in ("vision", "text"):
-      if name not in d:
-        raise ValueError(f"model.{name} is missing (the {name} tower's fields)")
-    d["vision"] = vit.VitConfig.from_dict(d["vision"])
-    d["text"] = TextConfig(**_check_fields(TextConfig, d["text"], "model.text"))
-    return cls(**d)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"kind": KIND, "vision": self.vision.to_dict(),
-            "text": dataclasses.asdict(self.text), "projection_dim": self.projection_dim,
-            "logit_scale_init": self.logit_scale_init, "logit_scale_max": self.logit_scale_max}
 
 
 class TextTransformer(nn.Module):

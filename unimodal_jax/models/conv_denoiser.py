@@ -24,7 +24,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from unimodal_jax.models import pixel_decoder as pdec
+from unimodal_jax.models import denoiser_layers as layers
+from unimodal_jax.models.pixel_decoder_config import PixelDecoderConfig
 
 
 def _groups(width: int) -> int:
@@ -56,26 +57,26 @@ class ResBlock(nn.Module):
 class ConvDenoiser(nn.Module):
   """Velocity v(x_t, t | cond): images [B, H, W, C] in [-1, 1], t [B], cond [B, T, cond_dim]
   (or None for the null condition); drop_cond [B] bools pick the null condition per example."""
-  config: pdec.PixelDecoderConfig
+  config: PixelDecoderConfig
 
   @nn.compact
   def __call__(self, noisy, t, cond, *, drop_cond=None):
     cfg = self.config
     b, width, g, cg = noisy.shape[0], cfg.hidden_size, cfg.grid, cfg.cond_grid
-    cond = pdec.condition_or_null(self, cond, drop_cond, b)
+    cond = layers.condition_or_null(self, cond, drop_cond, b)
     c = nn.Dense(width, name="cond_in")(cond)
     c = c.reshape(b, cg, cg, width)
     for i in range(cfg.cond_blocks):
       c = ResBlock(width, name=f"cond_block_{i}")(c)
-    c = pdec.cells_to_patches(c.reshape(b, cg * cg, width), cg, g).reshape(b, g, g, width)
+    c = layers.cells_to_patches(c.reshape(b, cg * cg, width), cg, g).reshape(b, g, g, width)
     c = nn.Conv(width, (3, 3), name="cond_up")(c)
-    x = nn.Dense(width, name="patch_in")(pdec.patchify(noisy, cfg.patch_size))
+    x = nn.Dense(width, name="patch_in")(layers.patchify(noisy, cfg.patch_size))
     x = x.reshape(b, g, g, width) + c
-    t_emb = pdec.time_embedding(t, width)
+    t_emb = layers.time_embedding(t, width)
     for i in range(cfg.num_layers):
       x = ResBlock(width, name=f"block_{i}")(x, t_emb)
     x = nn.silu(nn.GroupNorm(_groups(width), epsilon=1e-6)(x))
     out = nn.Dense(cfg.patch_size ** 2 * cfg.channels, kernel_init=nn.initializers.zeros_init(),
                    name="out")(x)
-    return pdec.unpatchify(out.reshape(b, g * g, -1), cfg.patch_size, cfg.image_size,
+    return layers.unpatchify(out.reshape(b, g * g, -1), cfg.patch_size, cfg.image_size,
                            cfg.channels)

@@ -6,17 +6,17 @@ turns that (or a saved `model_config.json`) into this object and names any field
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
-import jax.numpy as jnp
+
+from unimodal_jax.models.model_config import ModelConfig
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_and_attention")
 ATTENTION_IMPLS = ("auto", "xla", "pallas", "blockwise")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(ModelConfig):
+  KIND = "decoder"
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -56,9 +56,7 @@ class DecoderConfig:
           f"{self.num_kv_heads} (grouped-query attention)")
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
-    for name in ("param_dtype", "dtype", "logits_dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"model.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+    self.check_dtypes(("param_dtype", "dtype", "logits_dtype"))
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"model.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -66,29 +64,6 @@ class DecoderConfig:
           f"model.attention_impl={self.attention_impl!r}; expected one of {ATTENTION_IMPLS}")
     if self.family not in ("llama", "qwen2"):
       raise ValueError(f"model.family={self.family!r}; expected 'llama' or 'qwen2'")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "DecoderConfig":
-    d = dict(d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown model config field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**d)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **kw) -> "DecoderConfig":
-    return dataclasses.replace(self, **kw)
-
-  @property
-  def jnp_param_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
 
   def num_params(self) -> int:
     """Parameter count, from the shapes alone."""

@@ -25,10 +25,8 @@ every image read is `tokens_per_image` consecutive slots between <image_start> a
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from unimodal_jax.data.vocab import SPECIALS, Vocab
@@ -36,12 +34,15 @@ from unimodal_jax.models import vit
 from unimodal_jax.models.decoder import ACT_HIDDEN, ACT_VOCAB, Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
 from unimodal_jax.models.linear import Linear
+from unimodal_jax.models.model_config import ModelConfig
 
 KIND = "illume"
 
 
 @dataclasses.dataclass(frozen=True)
-class IllumeConfig:
+class IllumeConfig(ModelConfig):
+  KIND = KIND
+  NESTED = {"llm": DecoderConfig, "vision": vit.VitConfig}
   llm: DecoderConfig  # vocab_size = text tokens + the special tokens (no image codes)
   vision: vit.VitConfig
   image_codes: int  # the vision tokenizer's codebook size (ILLUME: 16,384)
@@ -79,33 +80,6 @@ class IllumeConfig:
   @property
   def hidden_size(self) -> int:
     return self.llm.hidden_size
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "IllumeConfig":
-    d = dict(d)
-    kind = d.pop("kind", KIND)
-    if kind != KIND:
-      raise ValueError(f"model.kind={kind!r}; an IllumeConfig needs kind={KIND!r}")
-    for name in ("llm", "vision"):
-      if name not in d:
-        raise ValueError(f"model.{name} is missing (an ILLUME model needs llm and vision)")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown ILLUME model field(s) {unknown}; known: {sorted(known)}")
-    llm = d.pop("llm")
-    vision = d.pop("vision")
-    return cls(llm=llm if isinstance(llm, DecoderConfig) else DecoderConfig.from_dict(llm),
-               vision=(vision if isinstance(vision, vit.VitConfig)
-                       else vit.VitConfig.from_dict(vision)), **d)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"kind": KIND, "llm": self.llm.to_dict(), "vision": self.vision.to_dict(),
-            "image_codes": self.image_codes, "adapter_hidden": self.adapter_hidden,
-            "feature_layer": self.feature_layer}
-
-  def replace(self, **kw) -> "IllumeConfig":
-    return dataclasses.replace(self, **kw)
 
   def num_params(self) -> int:
     e, v = self.llm.hidden_size, self.vision.hidden_size

@@ -21,13 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from unimodal_jax import checkpoints
-from unimodal_jax.models import clip as clip_lib
 from unimodal_jax.models import pixel_decoder as pdec
 from unimodal_jax.models import vision_tokenizer as vt
 from unimodal_jax.models import vit
-
-_TOKENIZER_FIELDS = {f.name for f in dataclasses.fields(vt.SemanticTokenizerConfig)}
-_PIXEL_FIELDS = {f.name for f in dataclasses.fields(pdec.PixelDecoderConfig)}
 
 
 @dataclasses.dataclass
@@ -46,14 +42,11 @@ class ImageCodec:
       if not os.path.isdir(d):
         raise FileNotFoundError(f"{d}: missing; run python -m unimodal_jax.train.tokenizer "
                                 f"--workdir={workdir} first")
-    clip_params, clip_cfg = checkpoints.restore_params(clip_dir)
-    clip_cfg = clip_lib.ClipConfig.from_dict(clip_cfg)
-    tok_vars, tok_meta = checkpoints.restore_params(os.path.join(workdir, "tokenizer"))
-    tok_cfg = vt.SemanticTokenizerConfig(**{k: v for k, v in tok_meta.items()
-                                            if k in _TOKENIZER_FIELDS})
-    pd_params, pd_meta = checkpoints.restore_params(os.path.join(workdir, "pixel_decoder"))
-    pd_cfg = pdec.PixelDecoderConfig(**{k: v for k, v in pd_meta.items() if k in _PIXEL_FIELDS})
-    return cls(clip_cfg.vision, clip_params["vision"], tok_cfg, tok_vars, pd_cfg, pd_params)
+    clip, clip_params = checkpoints.load_pretrained(clip_dir)
+    tokenizer, tok_vars = checkpoints.load_pretrained(os.path.join(workdir, "tokenizer"))
+    pixels, pd_params = checkpoints.load_pretrained(os.path.join(workdir, "pixel_decoder"))
+    return cls(clip.config.vision, clip_params["vision"], tokenizer.config, tok_vars,
+               pixels.config, pd_params)
 
   @property
   def tokens_per_image(self) -> int:

@@ -20,86 +20,20 @@ mixes v = v_null + w (v_cond - v_null).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-ARCHITECTURES = ("conv", "dit")
-
-
-@dataclasses.dataclass(frozen=True)
-class PixelDecoderConfig:
-  architecture: str = "conv"  # see the module docstring
-  image_size: int = 32
-  patch_size: int = 4
-  channels: int = 3
-  hidden_size: int = 128  # transformer width ('dit') or channels ('conv')
-  num_layers: int = 4  # transformer blocks ('dit') or residual blocks on the patch grid ('conv')
-  num_heads: int = 4  # 'dit' only
-  cond_blocks: int = 2  # 'conv' only: residual blocks on the condition's own grid
-  mlp_ratio: int = 4
-  cond_dim: int = 64  # width of the condition tokens (the tokenizer's feature width)
-  cond_tokens: int = 16  # how many condition tokens (the tokenizer's tokens per image)
-  cond_dropout: float = 0.1  # probability of the null condition in training (for CFG)
-  # Also add each condition token to the patches it covers (the condition tokens are a square
-  # grid of the image, as a ViT's patch features are): the decoder then knows where every
-  # feature belongs instead of having to learn it through attention. ILLUME+ conditions its
-  # diffusion decoder by concatenation for the same reason.
-  spatial_cond: bool = True
-  dtype: str = "float32"
-
-  def __post_init__(self):
-    if self.architecture not in ARCHITECTURES:
-      raise ValueError(f"pixel_decoder.architecture={self.architecture!r}; expected one of "
-                       f"{ARCHITECTURES}")
-    if self.image_size % self.patch_size:
-      raise ValueError(f"pixel_decoder.image_size={self.image_size} is not a multiple of "
-                       f"patch_size={self.patch_size}")
-    if self.architecture == "conv" and not self.cond_tokens_tile_the_grid:
-      raise ValueError(f"pixel_decoder.architecture='conv' needs the {self.cond_tokens} "
-                       f"condition tokens to be a square grid dividing the "
-                       f"{self.grid}x{self.grid} patch grid; use architecture='dit'")
-    if self.architecture == "dit" and self.spatial_cond and not self.cond_tokens_tile_the_grid:
-      raise ValueError(f"pixel_decoder.spatial_cond needs the {self.cond_tokens} condition "
-                       f"tokens to be a square grid dividing the {self.grid}x{self.grid} patch "
-                       f"grid; set spatial_cond=False")
-    if self.architecture == "dit" and self.hidden_size % self.num_heads:
-      raise ValueError(f"pixel_decoder.hidden_size={self.hidden_size} is not a multiple of "
-                       f"num_heads={self.num_heads}")
-
-  @property
-  def num_patches(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
-
-  @property
-  def grid(self) -> int:
-    return self.image_size // self.patch_size
-
-  @property
-  def cond_grid(self) -> int:
-    return math.isqrt(self.cond_tokens)
-
-  @property
-  def cond_tokens_tile_the_grid(self) -> bool:
-    """The condition tokens form a square grid whose cells cover whole patches."""
-    return self.cond_grid ** 2 == self.cond_tokens and self.grid % self.cond_grid == 0
-
+from unimodal_jax.models.conv_denoiser import ConvDenoiser
+from unimodal_jax.models.denoiser_layers import (  # noqa: F401 (part of this module's API)
+    cells_to_patches, condition_or_null, patchify, time_embedding, timestep_embedding,
+    unpatchify)
+from unimodal_jax.models.pixel_decoder_config import ARCHITECTURES, PixelDecoderConfig  # noqa: F401
 
 def _init(axes, init=nn.initializers.xavier_uniform()):
   return nn.with_logical_partitioning(init, axes)
-
-
-def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
-  """Sinusoidal features of t in [0, 1] (scaled to [0, 1000] like DDPM timesteps)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
-  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
 def sincos_2d(grid: int, dim: int, scale: float = 1.0):
@@ -129,28 +63,6 @@ def _position_init(config: "PixelDecoderConfig"):
   return init
 
 
-def cells_to_patches(cells, cond_grid: int, grid: int):
-  """[B, cond_grid**2, E] (row-major cells) -> [B, grid**2, E] (row-major patches): every patch
-  gets the vector of the cell that covers it (nearest-neighbour upsampling)."""
-  b, _, e = cells.shape
-  k = grid // cond_grid
-  x = cells.reshape(b, cond_grid, 1, cond_grid, 1, e)
-  return jnp.broadcast_to(x, (b, cond_grid, k, cond_grid, k, e)).reshape(b, grid * grid, e)
-
-
-def patchify(images, p: int):
-  b, h, w, c = images.shape
-  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(tokens, p: int, size: int, channels: int):
-  b, n = tokens.shape[:2]
-  g = size // p
-  x = tokens.reshape(b, g, g, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, size, size, channels)
-
-
 class DiTBlock(nn.Module):
   """Pre-norm transformer block whose norms are shifted, scaled and gated by the time
   embedding (adaLN-Zero: the gates start at zero, so every block starts as the identity)."""
@@ -174,32 +86,10 @@ class DiTBlock(nn.Module):
     return x + gate2 * h
 
 
-def condition_or_null(module: nn.Module, cond, drop_cond, batch: int):
-  """The condition with the learned null condition (param 'null_cond') in place of it where
-  drop_cond [B] is true, or everywhere when cond is None (classifier-free guidance)."""
-  cfg = module.config
-  null = module.param("null_cond", nn.with_logical_partitioning(
-      nn.initializers.normal(0.02), (None, "embed")), (cfg.cond_tokens, cfg.cond_dim))
-  null = jnp.broadcast_to(null, (batch,) + null.shape)
-  if cond is None:
-    return null
-  if drop_cond is not None:
-    return jnp.where(drop_cond[:, None, None], null, cond)
-  return cond
-
-
-def time_embedding(t, width: int):
-  """The diffusion time as a [B, width] vector: sinusoidal features through a 2-layer MLP
-  (called inside a compact module; its Dense layers are named time_mlp_0/1)."""
-  t_emb = nn.Dense(width, name="time_mlp_0")(timestep_embedding(t, width))
-  return nn.Dense(width, name="time_mlp_1")(nn.silu(t_emb))
-
-
 def PixelDecoder(config: PixelDecoderConfig) -> nn.Module:  # noqa: N802 (reads as a class)
   """The denoiser the config names: v(x_t, t | cond) with images [B, H, W, C] in [-1, 1],
   t [B], cond [B, T, cond_dim] or None (the null condition), keyword drop_cond [B] bools."""
   if config.architecture == "conv":
-    from unimodal_jax.models.conv_denoiser import ConvDenoiser  # it imports this module
     return ConvDenoiser(config)
   return DiTDenoiser(config)
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from unimodal_jax.models.model_config import ModelConfig
 from unimodal_jax.models.quantizer import QuantizerConfig, VectorQuantizer
 
 
 @dataclasses.dataclass(frozen=True)
-class PixelVQConfig:
+class PixelVQConfig(ModelConfig):
+  KIND = "pixel_vq"
+  SECTION = "baseline"
   image_size: int = 32
   channels: int = 3
   width: int = 64
@@ -24,6 +28,11 @@ class PixelVQConfig:
   codebook_size: int = 1024
   code_dim: int = 32
   quantizer: dict = dataclasses.field(default_factory=dict)
+
+  def example_inputs(self) -> tuple:
+    """Images in [-1, 1]."""
+    return (jax.ShapeDtypeStruct((1, self.image_size, self.image_size, self.channels),
+                                 jnp.float32),)
 
   @property
   def num_tokens(self) -> int:

@@ -22,19 +22,20 @@ tokens x codes distance matrix (16,384+ codes times every token of a batch would
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DTYPES = ("float32", "bfloat16", "float16")
+from unimodal_jax.models.model_config import ModelConfig
+
 METRICS = ("l2", "cosine")
 STATS = "vq_stats"  # the collection of non-trainable quantizer state
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizerConfig:
+class QuantizerConfig(ModelConfig):
+  SECTION = "quantizer"
   codebook_size: int
   dim: int
   # Cosine codes: inputs and codes are l2-normalized before the search, the losses and the output.
@@ -71,37 +72,11 @@ class QuantizerConfig:
       raise ValueError("quantizer.dead_code_threshold > 0 restarts codes in the EMA codebook; set "
                        "quantizer.ema_decay too (a gradient-learned codebook is a param, which "
                        "apply cannot overwrite)")
-    for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"quantizer.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "QuantizerConfig":
-    d = dict(d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(
-          f"unknown quantizer config field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**d)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  def replace(self, **kw) -> "QuantizerConfig":
-    return dataclasses.replace(self, **kw)
+    self.check_dtypes()
 
   @property
   def metric(self) -> str:
     return "cosine" if self.l2_normalized else "l2"
-
-  @property
-  def jnp_param_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -121,7 +96,7 @@ def nearest_codes(x_flat, codebook, metric: str = "l2", *, chunk_size: int = 102
   mesh's batch axes inside `sharding.activation_sharding`), XLA chunks of `chunk_size` tokens on
   CPU, never the N x K distance matrix.
   """
-  from kernels.vq_lookup import VQBlockSizes, vq_lookup, vq_lookup_sharded
+  from unimodal_jax.kernels.vq_lookup import VQBlockSizes, vq_lookup, vq_lookup_sharded
   if metric not in METRICS:
     raise ValueError(f"nearest_codes metric {metric!r}; expected one of {METRICS}")
   if x_flat.ndim != 2 or codebook.ndim != 2 or x_flat.shape[1] != codebook.shape[1]:

@@ -14,18 +14,20 @@ feature tokens [B, N, feature_dim] to ids [B, N] and back.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from unimodal_jax.models.model_config import ModelConfig
 from unimodal_jax.models.quantizer import QuantizerConfig, VectorQuantizer
 
 
 @dataclasses.dataclass(frozen=True)
-class SemanticTokenizerConfig:
+class SemanticTokenizerConfig(ModelConfig):
+  KIND = "semantic_tokenizer"
+  SECTION = "tokenizer"
   feature_dim: int  # the encoder's feature width: input and reconstruction target
   num_tokens: int  # feature tokens (= image tokens) per image
   codebook_size: int = 1024
@@ -36,6 +38,9 @@ class SemanticTokenizerConfig:
   smooth_l1_weight: float = 1.0
   cosine_weight: float = 1.0
   quantizer: dict = dataclasses.field(default_factory=dict)  # other QuantizerConfig fields
+
+  def example_inputs(self) -> tuple:
+    return (jax.ShapeDtypeStruct((1, self.num_tokens, self.feature_dim), jnp.float32),)
 
   def quantizer_config(self) -> QuantizerConfig:
     return QuantizerConfig(codebook_size=self.codebook_size, dim=self.code_dim,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 
 from unimodal_jax.models.decoder import ACT_HEADS, ACT_HIDDEN, ACT_MLP, remat_policy
-from unimodal_jax.models.decoder_config import DTYPES, REMAT_POLICIES
+from unimodal_jax.models.decoder_config import REMAT_POLICIES
+from unimodal_jax.models.model_config import ModelConfig
 
 KIND = "vit"  # the "kind" marker in a saved model_config
 HIDDEN_ACTS = ("quick_gelu", "gelu", "gelu_tanh")
@@ -46,7 +47,9 @@ SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
-class VitConfig:
+class VitConfig(ModelConfig):
+  KIND = KIND
+  SECTION = "vit"
   image_size: int = 224
   patch_size: int = 16
   hidden_size: int = 768
@@ -91,31 +94,13 @@ class VitConfig:
                        f"{POST_LAYERNORMS}")
     if self.post_layernorm == "pooled" and self.pooling == "none":
       raise ValueError("vit.post_layernorm='pooled' needs a pooling other than 'none'")
-    for name in ("param_dtype", "dtype"):
-      if getattr(self, name) not in DTYPES:
-        raise ValueError(f"vit.{name}={getattr(self, name)!r}; expected one of {DTYPES}")
+    self.check_dtypes()
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"vit.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
 
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "VitConfig":
-    """From `to_dict`'s output (a saved model_config) or a config's `model.vision` dict."""
-    d = dict(d)
-    kind = d.pop("kind", KIND)
-    if kind != KIND:
-      raise ValueError(f"model config has kind={kind!r}; a VitConfig needs kind={KIND!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown vit config field(s) {unknown}; known fields: {sorted(known)}")
-    return cls(**d)
-
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-ready fields plus "kind": "vit", so a checkpoint says which model it holds."""
-    return {"kind": KIND, **dataclasses.asdict(self)}
-
-  def replace(self, **kw) -> "VitConfig":
-    return dataclasses.replace(self, **kw)
+  def example_inputs(self) -> tuple:
+    return (jax.ShapeDtypeStruct((1, self.image_size, self.image_size, self.num_channels),
+                                 jnp.float32),)
 
   @property
   def head_dim(self) -> int:
@@ -132,14 +117,6 @@ class VitConfig:
   @property
   def seq_len(self) -> int:
     return self.num_patches + int(self.class_token)
-
-  @property
-  def jnp_param_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @property
-  def jnp_dtype(self):
-    return jnp.dtype(self.dtype)
 
   def num_params(self) -> int:
     """Parameter count, from the shapes alone."""

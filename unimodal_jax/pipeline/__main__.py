@@ -6,7 +6,6 @@ evaluation, resumable after a kill at any phase.
 Writes DIR/results.md, DIR/results.json and DIR/samples.png (see the config's docstring).
 """
 import os
-import sys
 
 
 def main(argv):
@@ -21,7 +20,8 @@ def main(argv):
 
 if __name__ == "__main__":
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  sys.path.insert(0, os.getcwd())  # configs import experiments.* from the repository root
+  from unimodal_jax.config_path import add_experiments_root
+  add_experiments_root()  # configs import experiments.*
   from absl import app, flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file("config", None, "recipe config file, e.g. "

@@ -24,7 +24,7 @@ import numpy as np
 
 from unimodal_jax import sampling
 from unimodal_jax.data.documents import Document, Segment
-from unimodal_jax.data.worlds import shapes
+from unimodal_jax.data.worlds import geneval, shapes
 from unimodal_jax.eval import shapes_judge
 
 
@@ -146,7 +146,7 @@ def _geneval_scores(prompts, images) -> dict:
 def generation(model, params, config, formatter, codec, seed: int, per_category: int,
                s: ImageSampling, batch: int = 32, log=print) -> tuple[dict, list, np.ndarray]:
   """GenEval-style scores per category and overall; also (prompts, images) for the grid."""
-  prompts = shapes_judge.geneval_prompts(seed, per_category)
+  prompts = geneval.geneval_prompts(seed, per_category)
   n = config.tokens_per_image
   conds, unconds = [], []
   for i, p in enumerate(prompts):
@@ -169,9 +169,9 @@ def generation_ceiling(codec, seed: int, per_category: int, s: ImageSampling,
                        log=print) -> dict:
   """GenEval-style scores of detokenize(tokenize(scene)) for scenes that satisfy the prompts
   `generation` asks (the same prompts and pixel sampling): the tokenizer's ceiling."""
-  prompts = shapes_judge.geneval_prompts(seed, per_category)
+  prompts = geneval.geneval_prompts(seed, per_category)
   rng = np.random.default_rng([seed, 3])
-  scenes = [shapes_judge.render_for_spec(p["spec"], rng, size=codec.image_size) for p in prompts]
+  scenes = [geneval.render_for_spec(p["spec"], rng, size=codec.image_size) for p in prompts]
   codes = codec.tokenize(np.stack([shapes.render(sc) for sc in scenes]))
   images = codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
                             guidance=s.pixel_guidance)

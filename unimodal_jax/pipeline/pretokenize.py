@@ -23,7 +23,7 @@ import numpy as np
 
 from unimodal_jax.data import documents, images as images_lib, shards
 from unimodal_jax.data.documents import Document, Segment
-from unimodal_jax.data.worlds import geneval, shapes
+from unimodal_jax.data import worlds
 
 TASKS = ("caption", "reconstruction", "text_to_image", "geneval", "conversation", "dialogue",
          "edit")
@@ -31,10 +31,9 @@ _CHUNK = 512  # documents tokenized per batch
 
 
 def _world_document(task: str, seed: int, index: int, size: int) -> Document:
-  if task == "geneval":
-    return geneval.make_document(seed, index, size=size)
+  # Reconstruction reads a caption document's scene and writes the same scene as codes.
   world_task = {"reconstruction": "caption"}.get(task, task)
-  return shapes.make_document(seed, index, world_task, size=size)
+  return worlds.make_document("shapes", world_task, seed, index, size)
 
 
 def _written_image(doc: Document) -> int | None:

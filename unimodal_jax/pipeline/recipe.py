@@ -71,10 +71,8 @@ def model_dict(config, codec, text_vocab_size: int) -> dict:
   """The ILLUME model config: the LLM from the config, the vision tower and codebook from the
   trained tokenizer, the vocabulary from the sentencepiece model."""
   from unimodal_jax.data.vocab import SPECIALS
-  llm = dict(config.llm.to_dict())
-  llm.update(vocab_size=text_vocab_size + len(SPECIALS), rope_theta=10000.0, rms_norm_eps=1e-6,
-             param_dtype="float32", dtype="float32", logits_dtype="float32",
-             scan_layers=False, remat_policy="none", family="llama")
+  llm = dict(config.llm.to_dict(), **config.stage_defaults.llm.to_dict())
+  llm.update(vocab_size=text_vocab_size + len(SPECIALS))
   return {"kind": "illume", "llm": llm, "vision": codec.vision_config.to_dict(),
           "image_codes": codec.codebook_size, "adapter_hidden": int(config.adapter_hidden),
           "feature_layer": int(config.get("feature_layer", -1))}
@@ -82,33 +80,27 @@ def model_dict(config, codec, text_vocab_size: int) -> dict:
 
 def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: str,
                  tokens_per_image: int, init: dict) -> ml_collections.ConfigDict:
-  """A train/loop.py config for one stage: Table 5's frozen parts, the stage's tiny LRs."""
-  from experiments.illume import table5
-  st = config.stages[name]
-  stage = int(name[-1])
+  """A train/loop.py config for one stage: config.stage_defaults with the stage's own steps,
+  batch, warm-up, seed and parameter groups (Table 5's frozen parts), data and initialization."""
+  st, defaults = config.stages[name], config.stage_defaults
+  steps = int(st.steps)
   c = ml_collections.ConfigDict()
   c.model = model
-  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.mesh = defaults.mesh.to_dict()
   c.global_batch = int(st.batch)
   c.seq_len = int(config.seq_len)
   c.data = dict(
       kind="documents", tokenizer=tokenizer_path, vocab_size=int(config.text_vocab_size),
-      image_codes=int(model["image_codes"]), num_workers=0, strict=True, cache_dir="",
+      image_codes=int(model["image_codes"]), **defaults.data.to_dict(),
       sources={task: {"path": os.path.join(data_dir, task), "weight": float(w)}
                for task, w in st.sources.items()},
       format=dict(config.format.to_dict(), tokens_per_image=tokens_per_image))
-  steps = int(st.steps)
-  c.train = dict(steps=steps, seed=stage, grad_accum_steps=1, z_loss_weight=0.0,
-                 log_every=max(1, steps // 6), eval_every=steps, eval_batches=0,
-                 checkpoint_every=max(1, steps // 3), keep_checkpoints=1,
-                 async_checkpointing=False, max_consecutive_nonfinite=5,
-                 init_from=init.get("init_from", ""), init_parts=init.get("init_parts", {}),
-                 peak_flops_per_device=0.0)
-  c.optimizer = dict(learning_rate=0.0, warmup_steps=int(st.warmup_steps), schedule="cosine",
-                     end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
-                     clip_grad_norm=1.0,
-                     groups=table5.optimizer_groups(stage,
-                                                    learning_rates=st.learning_rates.to_dict()))
+  c.train = dict(defaults.train.to_dict(), steps=steps, seed=int(st.seed),
+                 log_every=max(1, steps // int(defaults.logs_per_stage)), eval_every=steps,
+                 checkpoint_every=max(1, steps // int(defaults.checkpoints_per_stage)),
+                 init_from=init.get("init_from", ""), init_parts=init.get("init_parts", {}))
+  c.optimizer = dict(defaults.optimizer.to_dict(), warmup_steps=int(st.warmup_steps),
+                     groups=st.groups.to_dict())
   return c
 
 
@@ -181,10 +173,10 @@ def run(config, workdir: str, *, log=print) -> dict:
     if not skip(k, name, fp, stage_dir):
       lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
                                    f"{cfg.seq_len})")
-      _claim_stage_dir(stage_dir, fp, lg)
       t0 = time.time()
       from unimodal_jax.train import loop
-      figures = loop.run(cfg, stage_dir, log=lg)
+      # A stage directory of another config (or data) is moved aside and trained again.
+      figures = loop.run(cfg, stage_dir, log=lg, run_identity=fp)
       finish(name, {k2: figures.get(k2) for k2 in ("train", "tokens_per_s", "wall_time_s",
                                                    "num_params", "loss_history")}, t0, fp)
     previous = stage_dir
@@ -201,27 +193,6 @@ def run(config, workdir: str, *, log=print) -> dict:
   log(f"=== done in {progress.elapsed()} (this run {time.time() - wall:.0f}s); "
       f"{os.path.join(workdir, 'results.md')}")
   return results
-
-
-def _claim_stage_dir(stage_dir: str, fingerprint: str, log) -> None:
-  """Make stage_dir belong to this stage config. A run killed mid-stage left checkpoints made
-  with the same config: the loop resumes from them. Checkpoints made with another config (the
-  config or the data changed since) cannot be resumed, so the directory is moved aside to
-  `<stage_dir>.stale-<n>` (kept, not deleted) and the stage starts over."""
-  from unimodal_jax import checkpoints
-  stamp = os.path.join(stage_dir, "stage_config.fingerprint")
-  if os.path.isdir(stage_dir) and os.listdir(stage_dir):
-    previous = None
-    if os.path.exists(stamp):
-      with open(stamp) as f:
-        previous = f.read().strip()
-    if previous == fingerprint:
-      return
-    log(f"{stage_dir} holds a run of another config; moved it to "
-        f"{checkpoints.move_aside(stage_dir)}")
-  os.makedirs(stage_dir, exist_ok=True)
-  with open(stamp, "w") as f:
-    f.write(fingerprint + "\n")
 
 
 def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:

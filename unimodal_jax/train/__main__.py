@@ -42,5 +42,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from unimodal_jax.config_path import add_experiments_root
+  add_experiments_root()  # configs import experiments.*
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   app.run(main)

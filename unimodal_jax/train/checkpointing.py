@@ -1,6 +1,7 @@
 """Training checkpoints: one orbax CheckpointManager in `WORKDIR/checkpoints`, async saves,
-keep-N. Each step holds params, optimizer state, train meta (step, RNG, non-finite counters),
-the model config, the experiment config and the data iterator's state, so restarting the same
+keep-N. Each step holds params, optimizer state, the other model variables (when the model has
+any), train meta (step, RNG, non-finite counters), the model config, the experiment config and
+the data iterator's state, so restarting the same
 command resumes exactly. `load_pretrained(WORKDIR)` reads the params of the latest step.
 
 Restores go straight onto the current mesh (shardings of the abstract state), so a run saved on
@@ -36,7 +37,10 @@ class TrainCheckpointer:
     step = int(jax.device_get(state.step))
     meta = {"step": state.step, "rng": state.rng, "nonfinite_steps": state.nonfinite_steps,
             "consecutive_nonfinite": state.consecutive_nonfinite}
-    return self.manager.save(step, force=force, args=ocp.args.Composite(**{
+    items = {}
+    if jax.tree.leaves(state.model_state):
+      items[ckpt.MODEL_STATE] = ocp.args.StandardSave(state.model_state)
+    return self.manager.save(step, force=force, args=ocp.args.Composite(**items, **{
         ckpt.PARAMS: ocp.args.StandardSave(state.params),
         ckpt.OPT_STATE: ocp.args.StandardSave(state.opt_state),
         ckpt.TRAIN_META: ocp.args.StandardSave(meta),
@@ -52,7 +56,10 @@ class TrainCheckpointer:
     meta_abstract = {"step": abstract_state.step, "rng": abstract_state.rng,
                      "nonfinite_steps": abstract_state.nonfinite_steps,
                      "consecutive_nonfinite": abstract_state.consecutive_nonfinite}
-    restored = self.manager.restore(step, args=ocp.args.Composite(**{
+    items = {}
+    if jax.tree.leaves(abstract_state.model_state):
+      items[ckpt.MODEL_STATE] = ocp.args.StandardRestore(abstract_state.model_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items, **{
         ckpt.PARAMS: ocp.args.StandardRestore(abstract_state.params),
         ckpt.OPT_STATE: ocp.args.StandardRestore(abstract_state.opt_state),
         ckpt.TRAIN_META: ocp.args.StandardRestore(meta_abstract),
@@ -62,7 +69,8 @@ class TrainCheckpointer:
     state = TrainState(step=meta["step"], params=restored[ckpt.PARAMS],
                        opt_state=restored[ckpt.OPT_STATE], rng=meta["rng"],
                        nonfinite_steps=meta["nonfinite_steps"],
-                       consecutive_nonfinite=meta["consecutive_nonfinite"])
+                       consecutive_nonfinite=meta["consecutive_nonfinite"],
+                       model_state=restored.get(ckpt.MODEL_STATE, {}) if items else {})
     return state, restored[ckpt.DATA_ITERATOR]
 
   def saved_config(self, step: int) -> dict:

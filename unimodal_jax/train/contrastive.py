@@ -26,15 +26,15 @@ ensembling; an image gets the class of highest cosine similarity):
     the world's four caption templates.
 Chance (1 / classes) and the majority-class rate of each eval set are reported beside them.
 
-Progress goes to the terminal; DIR/results.json gets the accuracies, baselines, losses and wall
-times; DIR/checkpoints holds the final params and model config (`checkpoints.save_pretrained`
-layout, model_config "kind": "clip").
+Training goes through the one loop (train/fit.py): DIR/checkpoints holds its checkpoints (model
+config "kind": "clip"; `load_pretrained(DIR)` returns the CLIP), a killed run resumes with the
+next batch, and a finished one is not trained again. Progress goes to the terminal;
+DIR/results.json gets the accuracies, baselines, losses and wall times.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import re
 import sys
@@ -45,24 +45,31 @@ if __name__ == "__main__":  # before jax is imported, as in unimodal_jax/train/_
 
 import flax.linen as nn
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from unimodal_jax.train import results as results_lib
 from unimodal_jax import checkpoints
 from unimodal_jax.data import images as images_lib
-from unimodal_jax.data import text_tokenizer
+from unimodal_jax.data import text_tokenizer, worlds
 from unimodal_jax.data.worlds import digits, shapes
 from unimodal_jax.models import vit
 from unimodal_jax.models.clip import Clip, ClipConfig, contrastive_loss
+from unimodal_jax import sharding
+from unimodal_jax.data import array_batches
+from unimodal_jax.train import fit
 from unimodal_jax.train import optimizer as optimizer_lib
+from unimodal_jax.train import state as state_lib
+from unimodal_jax.train import step as step_lib
 
 EOS_ID = 3  # text_tokenizer.train_sentencepiece fixes pad 0, unk 1, bos 2, eos 3
 DATA_FIELDS = ("shapes_seed", "shapes_train", "digits_seed", "digits_train", "eval_seed",
                "shapes_eval", "digits_eval_split")
 TRAIN_FIELDS = ("steps", "batch_size", "seed", "log_every", "duplicates_positive",
-                "hard_negative_fraction", "hard_negative_group", "hard_negative_words")
+                "hard_negative_fraction", "hard_negative_group", "hard_negative_words",
+                "checkpoint_every", "keep_checkpoints", "max_consecutive_nonfinite",
+                "async_checkpointing")
 EVAL_FIELDS = ("every", "batch_size", "count_prompt_scenes")
 MAX_COUNT = 4  # shapes.sample_scene's default max_objects
 # Words that name a class, by kind: captions that differ only in such words are hard negatives
@@ -88,7 +95,7 @@ def shapes_split(seed: int, count: int, size: int) -> Split:
   color (single-object scenes; -1 otherwise) and the object count."""
   ims, caps, shape, color, n_objects = [], [], [], [], []
   for i in range(count):
-    doc = shapes.make_document(seed, i, "caption", size=size)
+    doc = worlds.make_document("shapes", "caption", seed, i, size)
     ims.append(images_lib.decode_resize(doc.segments[0].image, size, where=doc.id))
     caps.append(doc.segments[1].text)
     objects = doc.metadata["scene"]["objects"]
@@ -107,7 +114,7 @@ def digits_split(count: int, split_name: str, size: int, seed: int, id_offset: i
   n_images = len(digits.split(split_name)[1])
   ims, caps, labels = [], [], []
   for i in range(count):
-    doc = digits.document(i, task="caption", split_name=split_name, size=size, seed=seed)
+    doc = worlds.make_document("digits", "caption", seed, i, size, split_name)
     ims.append(images_lib.decode_resize(doc.segments[0].image, size, where=doc.id))
     caps.append(doc.segments[1].text)
     labels.append(doc.metadata["label"])
@@ -271,8 +278,6 @@ def run(config, workdir: str, *, log=print) -> dict:
   model_cfg = ClipConfig.from_dict(config.model.to_dict())
   data_cfg, train_cfg = config.data, config.train
   ckpt_dir = os.path.join(os.path.abspath(workdir), checkpoints.TRAIN_SUBDIR)
-  if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-    raise FileExistsError(f"{ckpt_dir} already holds a checkpoint; choose a new --workdir")
   os.makedirs(workdir, exist_ok=True)
   size, max_len = model_cfg.vision.image_size, model_cfg.text.max_len
 
@@ -298,38 +303,36 @@ def run(config, workdir: str, *, log=print) -> dict:
       f"pieces, longest "
       f"{int((train_tokens != 0).sum(1).max())} tokens; {data_seconds:.1f}s")
 
-  # Model and optimizer.
+  # Model, optimizer and the train state (on one device).
   model = Clip(model_cfg)
-  rng = jax.random.key(int(train_cfg.seed))
-  # Jitted: eager init dispatches (and compiles) every small op one by one, much slower.
-  params = nn.meta.unbox(jax.jit(model.init)(rng, vit.normalize(train_images[:2]),
-                                             train_tokens[:2])["params"])
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   total_steps, batch = int(train_cfg.steps), int(train_cfg.batch_size)
   if batch > n_train:
     raise ValueError(f"config.train.batch_size={batch} exceeds the {n_train} training examples")
-  tx, schedules = optimizer_lib.build(config.optimizer.to_dict(), params, total_steps)
-  opt_state = tx.init(params)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  abstract_params = nn.meta.unbox(sharding.abstract_params(model, model_cfg))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+  tx, schedules = optimizer_lib.build(config.optimizer.to_dict(), abstract_params, total_steps)
+  abstract_state, state_sh = state_lib.state_shardings(model, model_cfg, tx, mesh)
   log(f"model: {num_params / 1e6:.2f}M params (vision {model_cfg.vision.num_layers} layers x "
       f"{model_cfg.vision.hidden_size}, {model_cfg.vision.seq_len} tokens; text "
       f"{model_cfg.text.num_layers} x {model_cfg.text.hidden_size}); {total_steps} steps of "
       f"{batch}")
   duplicates_positive = bool(train_cfg.duplicates_positive)
 
-  def loss_fn(p, images, tokens, ids):
+  def loss_fn(p, model_state, b, rng):
+    del rng
+    images, tokens, ids = b["images"], b["tokens"], b["ids"]
     image_emb, text_emb, scale = model.apply({"params": p}, vit.normalize(images), tokens)
     positives = None
     if duplicates_positive:
       positives = jnp.all(tokens[:, None] == tokens[None], -1) | (ids[:, None] == ids[None])
     loss, metrics = contrastive_loss(image_emb, text_emb, scale, positives)
-    return loss, dict(metrics, scale=scale)
+    return loss, (dict(metrics, scale=scale), model_state)
 
-  @jax.jit
-  def train_step(p, state, images, tokens, ids):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, images, tokens, ids)
-    updates, state = tx.update(grads, state, p)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return optax.apply_updates(p, updates), state, metrics
+  batch_sh = sharding.batch_sharding(mesh, ndim=1)  # rows over the batch axes, any rank
+  train_step = jax.jit(step_lib.make_loss_step(loss_fn, tx, schedules),
+                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                       donate_argnums=(0,))
 
   # Zero-shot evaluation (every eval.every steps if > 0, and at the end).
   eval_batch = int(config.eval.batch_size)
@@ -377,7 +380,7 @@ def run(config, workdir: str, *, log=print) -> dict:
                    "majority": float(counts.max() / counts.sum())}
     return out
 
-  # Train.
+  # Train (train/fit.py: resumable, the non-finite policy, progress, checkpoints).
   kinds = [k.strip() for k in str(train_cfg.hard_negative_words).split(",") if k.strip()]
   unknown = sorted(set(kinds) - set(CLASS_WORDS))
   if unknown:
@@ -389,50 +392,54 @@ def run(config, workdir: str, *, log=print) -> dict:
                          sum((CLASS_WORDS[k] for k in kinds), ()))
   log(f"batches: {sampler.n_hard} of {batch} from {len(sampler.groups)} groups of captions "
       f"that differ only in {'/'.join(kinds) or 'no'} words; the rest drawn without replacement")
-  history, eval_history = [], []
-  eval_every = int(config.eval.every)
+  batches = array_batches.batches(
+      {"images": train_images, "tokens": train_tokens, "ids": image_ids},
+      [sampler.next() for _ in range(total_steps)])
+  eval_every = int(config.eval.every) or total_steps
+  eval_history, last_eval = [], {}
+
+  def evaluate_during_training(p):
+    t_eval = time.time()
+    last_eval.clear()
+    last_eval.update(evaluate(p))
+    accuracies = {k: v["accuracy"] for k, v in last_eval.items()}
+    eval_history.append(dict(accuracies, seconds=time.time() - t_eval))
+    return accuracies
+
+  trainable = fit.Trainable(
+      abstract_state=abstract_state,
+      # The init key is the seed's own (not split from it), as this trainer always drew it.
+      init_state=lambda: state_lib.init_state(model, model_cfg, tx, int(train_cfg.seed),
+                                              state_sh, init_rng=jax.random.key(
+                                                  int(train_cfg.seed))),
+      train_step=train_step, batches=batches, batch_sharding=batch_sh,
+      model_config=model_cfg.to_dict(), config=config, evaluate=evaluate_during_training,
+      items_per_step=batch, unit="ex", shown=("accuracy_i2t", "accuracy_t2i", "scale"),
+      eval_note=lambda m: "zero-shot " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()),
+      describe=f"training the CLIP in {workdir}")
+  train_cfg_for_fit = dict(train_cfg.to_dict(), eval_every=eval_every)
   t_train = time.time()
-  t_log, last_logged = t_train, 0
-  lr = schedules.get(optimizer_lib.DEFAULT_GROUP) or next(iter(schedules.values()))
-  for step in range(1, total_steps + 1):
-    idx = sampler.next()
-    params, opt_state, metrics = train_step(params, opt_state, train_images[idx],
-                                            train_tokens[idx], image_ids[idx])
-    if step % int(train_cfg.log_every) == 0 or step == total_steps or step == 1:
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(m["loss"]):
-        raise FloatingPointError(f"step {step}: loss is {m['loss']}; lower "
-                                 "config.optimizer.learning_rate")
-      now = time.time()
-      rate = (step - last_logged) / max(now - t_log, 1e-9)
-      t_log, last_logged = now, step
-      history.append(dict(m, step=step))
-      log(f"step {step}/{total_steps}  loss {m['loss']:.3f}  acc i2t {m['accuracy_i2t']:.2f} "
-          f"t2i {m['accuracy_t2i']:.2f}  scale {m['scale']:.1f}  lr {float(lr(step - 1)):.2e}  "
-          f"{rate:.2f} steps/s  {now - wall_start:.0f}s", flush=True)
-    if eval_every and step % eval_every == 0 and step != total_steps:
-      t_eval = time.time()
-      accuracies = {k: v["accuracy"] for k, v in evaluate(params).items()}
-      eval_history.append(dict(accuracies, step=step))
-      log(f"step {step} zero-shot: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracies.items()))
-      t_log += time.time() - t_eval  # keep the eval out of the steps/s figure
+  fitted, state = fit.fit(trainable, ml_collections.ConfigDict(train_cfg_for_fit), workdir,
+                          log=log)
+  params = state.params
   train_seconds = time.time() - t_train
 
   t_eval = time.time()
-  zero_shot = evaluate(params)
-  eval_seconds = time.time() - t_eval
+  # The loop evaluated at its last step; a run found complete evaluates here.
+  zero_shot = dict(last_eval) if last_eval else evaluate(params)
+  eval_seconds = eval_history[-1]["seconds"] if last_eval else time.time() - t_eval
   for name, r in zero_shot.items():
     log(f"zero-shot {name}: {r['accuracy']:.3f} on {r['n']} images (chance {r['chance']:.3f}, "
         f"majority class {r['majority']:.3f})")
 
-
-  # Device arrays, not host ones: save_pretrained's host path turns the 0-d logit_scale 1-d.
-  checkpoints.save_pretrained(ckpt_dir, params, model_cfg, step=total_steps)
+  history = [{"step": s, "loss": loss} for s, loss in fitted["loss_history"]]
   results = {
+      **fitted,  # status, step, loss_history, rates (the loop's figures)
       "zero_shot": zero_shot,
-      "train": {"first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
+      "train": {"first_loss": history[0]["loss"] if history else None,
+                "final_loss": history[-1]["loss"] if history else None,
                 "history": history, "zero_shot_history": eval_history, "steps": total_steps,
-                "batch_size": batch, "examples": n_train},
+                "batch_size": batch, "examples": n_train, "last": fitted["train"]},
       "num_params": num_params,
       "seconds": {"data": data_seconds, "train": train_seconds, "eval": eval_seconds,
                   "wall": time.time() - wall_start},
@@ -458,12 +465,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   try:
     run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileExistsError) as e:
+  except (ValueError, fit.NonFiniteStop) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  from unimodal_jax.config_path import add_experiments_root
+  add_experiments_root()  # configs import experiments.*
   from absl import app, flags
   from ml_collections import config_flags
 

@@ -62,35 +62,25 @@ def _lm_text(config, workdir, log) -> DataSetup:
 
 
 def _sources(spec: dict, where: str):
-  from unimodal_jax.data import sources
-  from unimodal_jax.data.worlds import digits
+  from unimodal_jax.data import sources, worlds
   out = []
   for name, s in spec.items():
     s = dict(s)
     weight = float(s.get("weight", 1.0))
     if "path" in s:
       out.append(sources.from_shards(name, s["path"], weight))
-    elif s.get("world") == "digits":
-      task, size, split = s.get("task", "caption"), int(s.get("size", 32)), s.get("split", "train")
+    elif "world" in s:
+      world, task = s["world"], s.get("task", "caption")
+      split, seed = s.get("split", "train"), int(s.get("seed", 0))
+      worlds.check(world, task, split, f"{where}.{name}")
+      size = int(s.get("size", worlds.DEFAULT_SIZE[world]))
       out.append(sources.from_world(
-          name, lambda i, t=task, z=size, sp=split: digits.document(i, task=t, size=z,
-                                                                    split_name=sp),
-          int(s.get("count", len(digits.split(split)[1])))))
-    elif s.get("world") == "shapes":
-      from unimodal_jax.data.worlds import shapes
-      task, size, seed = s.get("task", "caption"), int(s.get("size", 64)), int(s.get("seed", 0))
-      out.append(sources.from_world(
-          name, lambda i, t=task, z=size, sd=seed: shapes.make_document(sd, i, t, size=z),
-          int(s.get("count", 10_000))))
-    elif s.get("world") == "shapes_geneval":
-      from unimodal_jax.data.worlds import geneval
-      size, seed = int(s.get("size", 32)), int(s.get("seed", 0))
-      out.append(sources.from_world(
-          name, lambda i, z=size, sd=seed: geneval.make_document(sd, i, size=z),
-          int(s.get("count", 10_000))))
+          name, lambda i, w=world, t=task, sd=seed, z=size, sp=split: worlds.make_document(
+              w, t, sd, i, z, sp),
+          int(s.get("count", worlds.default_count(world, split)))))
     else:
       raise ValueError(f"{where}.{name}: give 'path' (a shard directory) or 'world' "
-                       f"('digits', 'shapes' or 'shapes_geneval'), got {sorted(s)}")
+                       f"(one of {worlds.WORLDS}, with a task), got {sorted(s)}")
   return out
 
 

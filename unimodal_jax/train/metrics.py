@@ -52,33 +52,37 @@ print_flushed = functools.partial(print, flush=True)
 
 
 class Progress:
-  """One line per logging interval: step, loss, tokens/s, MFU, ETA (process 0 only)."""
+  """One line per logging interval: step, loss, gradient norm, the shown metrics, items
+  (tokens, examples) per second, MFU when the FLOPs per item are known, ETA (process 0 only)."""
 
-  def __init__(self, total_steps: int, start_step: int, flops_per_token: float, peak_flops: float,
-               num_devices: int, enabled: bool = True, log=print_flushed):
-    self.total, self.enabled = total_steps, enabled
-    self.flops_per_token, self.peak = flops_per_token, peak_flops * num_devices
+  def __init__(self, total_steps: int, start_step: int, flops_per_item: float, peak_flops: float,
+               num_devices: int, enabled: bool = True, log=print_flushed, unit: str = "tok",
+               shown: tuple[str, ...] = ()):
+    self.total, self.enabled, self.unit, self.shown = total_steps, enabled, unit, shown
+    self.flops_per_item, self.peak = flops_per_item, peak_flops * num_devices
     self.log = log  # the caller's logger: the main job prefixes each line with its phase
     self.last_step, self.last_time = start_step, time.perf_counter()
-    self.tokens_since = 0
+    self.items_since = 0
 
-  def add_tokens(self, n: int):
-    self.tokens_since += n
+  def add(self, n: int):
+    self.items_since += n
 
   def report(self, step: int, metrics: dict) -> dict:
     now = time.perf_counter()
     elapsed = max(now - self.last_time, 1e-9)
     steps = max(step - self.last_step, 1)
-    tokens_per_s = self.tokens_since / elapsed
-    mfu = tokens_per_s * self.flops_per_token / self.peak
+    items_per_s = self.items_since / elapsed
+    mfu = items_per_s * self.flops_per_item / self.peak
     eta = (self.total - step) * elapsed / steps
-    out = {"tokens_per_s": tokens_per_s, "mfu": mfu, "step_time_s": elapsed / steps}
+    out = {"items_per_s": items_per_s, "mfu": mfu, "step_time_s": elapsed / steps}
     if self.enabled:
       extra = f" | skipped {int(metrics['nonfinite_steps'])}" if metrics.get("nonfinite_steps") else ""
+      shown = "".join(f" | {k} {metrics[k]:.4f}" for k in self.shown if k in metrics)
+      mfu_text = f" | MFU {100 * mfu:.1f}%" if self.flops_per_item else ""
       self.log(f"step {step:>6}/{self.total} | loss {metrics['loss']:.4f} | "
-               f"grad {metrics['grad_norm']:.3f} | {tokens_per_s:,.0f} tok/s | "
-               f"MFU {100 * mfu:.1f}% | ETA {_duration(eta)}{extra}")
-    self.last_step, self.last_time, self.tokens_since = step, now, 0
+               f"grad {metrics['grad_norm']:.3f}{shown} | {items_per_s:,.0f} {self.unit}/s"
+               f"{mfu_text} | ETA {_duration(eta)}{extra}")
+    self.last_step, self.last_time, self.items_since = step, now, 0
     return out
 
 

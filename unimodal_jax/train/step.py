@@ -1,8 +1,10 @@
-"""The jitted train and eval steps.
+"""The jitted train and eval steps of every model the loop trains.
 
-One train step: forward + backward over `grad_accum_steps` microbatches (summed exactly), global
-norm, optimizer update per parameter group, and the non-finite policy: if the loss or the
-gradient norm is NaN/inf the update is skipped (params and optimizer state kept) and counted.
+An LLM step (`make_train_step`): forward + backward over `grad_accum_steps` microbatches (summed
+exactly), then the update. Any other model's step (`make_loss_step`): its loss function's
+forward + backward, then the update. The update (`apply_gradients`) is one for all: global norm,
+optimizer update per parameter group, and the non-finite policy: if the loss or the gradient norm
+is NaN/inf the update is skipped (params, optimizer state and model state kept) and counted.
 Frozen parameters are wrapped in stop_gradient, so XLA never computes their weight gradients.
 """
 from __future__ import annotations
@@ -26,6 +28,47 @@ def _microbatches(batch, n: int):
   def split(x):
     return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
   return jax.tree.map(split, batch)
+
+
+def apply_gradients(state: TrainState, grads, loss, tx, model_state=None):
+  """(the state after one update, its metrics), skipping a non-finite update: params, optimizer
+  state and model state stay as they were, and the skip is counted."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  skipped = (~finite).astype(jnp.int32)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep(new_params, state.params),
+      opt_state=keep(new_opt_state, state.opt_state),
+      model_state=(state.model_state if model_state is None
+                   else keep(model_state, state.model_state)),
+      nonfinite_steps=state.nonfinite_steps + skipped,
+      consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped)
+  return new_state, {"grad_norm": grad_norm, "finite": finite,
+                     "nonfinite_steps": new_state.nonfinite_steps,
+                     "consecutive_nonfinite": new_state.consecutive_nonfinite}
+
+
+def make_loss_step(loss_fn, tx, schedules, *, step_rng=None):
+  """train_step(state, batch) -> (state, metrics) for a model trained on its own loss:
+  loss_fn(params, model_state, batch, rng) -> (loss, (metrics, new model_state)).
+  step_rng(state) gives the step's random key (default: the state's key folded with the step)."""
+  if step_rng is None:
+    step_rng = lambda s: jax.random.fold_in(jax.random.wrap_key_data(s.rng), s.step)
+
+  def train_step(state: TrainState, batch):
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, step_rng(state))
+    new_state, update_metrics = apply_gradients(state, grads, loss, tx, model_state)
+    metrics = {**metrics, "loss": loss, **update_metrics}
+    for name, sched in schedules.items():
+      metrics[f"lr/{name}"] = sched(state.step)
+    return new_state, metrics
+
+  return train_step
 
 
 def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
@@ -60,23 +103,10 @@ def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
 
       (sums, grads), _ = jax.lax.scan(body, init, micro)
 
-    grad_norm = optax.tree.norm(grads)
     loss = losses.objective(sums, total_weight, z_loss_weight)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    skipped = (~finite).astype(jnp.int32)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-        nonfinite_steps=state.nonfinite_steps + skipped,
-        consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped)
+    new_state, update_metrics = apply_gradients(state, grads, loss, tx)
     metrics = losses.summarize(sums, z_loss_weight)
-    metrics.update(grad_norm=grad_norm, finite=finite,
-                   nonfinite_steps=new_state.nonfinite_steps,
-                   consecutive_nonfinite=new_state.consecutive_nonfinite)
+    metrics.update(update_metrics)
     for name, sched in schedules.items():
       metrics[f"lr/{name}"] = sched(state.step)
     return new_state, metrics

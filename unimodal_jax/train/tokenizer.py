@@ -14,41 +14,42 @@
 
     python -m unimodal_jax.train.tokenizer --config=experiments/tiny/tokenizer_shapes.py --workdir=DIR
 
-The trained CLIP stays in DIR/clip (a rerun, or another config pointing encoder.clip_workdir
-at it, reuses it); the tokenizer and pixel decoder are saved in DIR/tokenizer and
-DIR/pixel_decoder, with DIR/results.json and DIR/samples.png (rows: original, semantic tokenizer
-+ pixel decoder, pixel VQ baseline) at the end.
+Every model trains through the one loop (train/fit.py) in its own directory: DIR/clip,
+DIR/tokenizer, DIR/pixel_decoder, DIR/pixel_vq. A rerun (after a kill, say) resumes the model it
+was training and reuses the finished ones; one trained with another config is moved aside and
+trained again. `load_pretrained(DIR/tokenizer)` (or any of them) returns the model. At the end
+DIR/results.json and DIR/samples.png (rows: original, semantic tokenizer + pixel decoder, pixel
+VQ baseline).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import optax
 
 from unimodal_jax.train import results as results_lib
 from unimodal_jax import checkpoints
+from unimodal_jax.models import build
 from unimodal_jax.models import pixel_decoder as pdec
 from unimodal_jax.models import pixel_vq
 from unimodal_jax.models import vision_tokenizer as vt
 
 
-def _shapes_images(seed: int, count: int, size: int):
-  from unimodal_jax.data import images as images_lib
-  from unimodal_jax.data.worlds import shapes
-  ims, scenes = [], []
-  for i in range(count):
-    doc = shapes.make_document(seed, i, "caption", size=size)
-    ims.append(images_lib.decode_resize(doc.segments[0].image, size, where=doc.id))
-    scenes.append(doc.metadata["scene"])
-  return np.stack(ims), scenes
+def _caption_images(world: str, seed: int, count: int, size: int, split: str = "train"):
+  """(uint8 images [count, size, size, 3], their documents' metadata) of a world's captions; a
+  digits split holds each scan once (count is capped at the split's size)."""
+  from unimodal_jax.data import images as images_lib, worlds
+  if world == "digits":
+    count = min(count, worlds.default_count(world, split))
+  docs = [worlds.make_document(world, "caption", seed, i, size, split) for i in range(count)]
+  return (np.stack([images_lib.decode_resize(d.segments[0].image, size, where=d.id)
+                    for d in docs]), [d.metadata for d in docs])
 
 
 class _World:
@@ -56,104 +57,97 @@ class _World:
   held-out images the judge reads as the originals were (results key `judge_key`)."""
 
   def __init__(self, data, size: int):
+    from unimodal_jax.data import worlds
     self.name = str(data.get("world", "shapes"))
+    if self.name not in worlds.WORLDS:
+      raise ValueError(f"config.data.world={self.name!r}; expected one of {worlds.WORLDS}")
     if self.name == "shapes":
       from unimodal_jax.data.worlds import shapes
       from unimodal_jax.eval import shapes_judge
-      self.train, _ = _shapes_images(int(data.seed), int(data.train_count), size)
-      self.eval, scenes = _shapes_images(int(data.eval_seed), int(data.eval_count), size)
-      objects = [shapes.scene_from_description(sc).objects for sc in scenes]
+      self.train, _ = _caption_images("shapes", int(data.seed), int(data.train_count), size)
+      self.eval, meta = _caption_images("shapes", int(data.eval_seed), int(data.eval_count), size)
+      objects = [shapes.scene_from_description(m["scene"]).objects for m in meta]
       self.judge_key = "judge_same_objects"
       self._score = lambda images: float(np.mean([
           shapes_judge.same_objects(shapes_judge.detect(im), objs)
           for im, objs in zip(images, objects)]))
-    elif self.name == "digits":
+    else:
       from unimodal_jax.data.worlds import digits
-      render = lambda scans: np.stack([digits.render(s, size) for s in scans])
-      scans, _ = digits.split("train")
-      self.train = render(scans[:int(data.train_count)])
-      scans, labels = digits.split("judge_test")
-      self.eval, labels = render(scans[:int(data.eval_count)]), labels[:int(data.eval_count)]
+      self.train, _ = _caption_images("digits", 0, int(data.train_count), size)
+      # Held out: the judge's test scans, which neither the judge nor the tokenizer trained on.
+      self.eval, meta = _caption_images("digits", 0, int(data.eval_count), size, "judge_test")
+      labels = np.asarray([m["label"] for m in meta])
       judge = digits.DigitsJudge()
       self.judge_key = "judge_digit_accuracy"
       self._score = lambda images: judge.accuracy(images, labels)
-    else:
-      raise ValueError(f"config.data.world={self.name!r}; expected 'shapes' or 'digits'")
 
   def score(self, images) -> float:
     return self._score(np.asarray(images))
 
 
-def _batches(n, batch, steps, seed):
-  """Indices of `steps` batches, reshuffled every epoch, deterministic."""
-  rng = np.random.default_rng(seed)
-  order, out = np.array([], np.int64), []
-  for _ in range(steps):
-    if len(order) < batch:
-      order = np.concatenate([order, rng.permutation(n)])
-    out.append(order[:batch])
-    order = order[batch:]
-  return out
+def _apply_vq(model, params, stats, x, rng):
+  """A VQ model's training forward: (its outputs, its updated `vq_stats`). An EMA codebook
+  (stats non-empty) is updated as a side output; a gradient-learned one has no stats."""
+  if not stats:
+    return model.apply({"params": params}, x, train=True), stats
+  outputs, new = model.apply({"params": params, "vq_stats": stats}, x, train=True,
+                             mutable=["vq_stats"], rngs={"vq": rng})
+  return outputs, new["vq_stats"]
 
 
-def _train(name, loss_fn, params, extra, data, cfg, log, seed):
-  """Adam over `cfg.steps` batches of `data` (a tuple of arrays indexed together).
-  loss_fn(params, extra, batch, rng) -> (loss, (metrics, new_extra))."""
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(
-      optax.warmup_cosine_decay_schedule(0.0, cfg.learning_rate, min(100, cfg.steps // 10),
-                                         cfg.steps, cfg.learning_rate * 0.1),
-      weight_decay=0.0))
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, extra, batch, rng):
-    (loss, (metrics, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, extra, batch, rng)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, extra, {**metrics, "loss": loss}
-
-  start = time.time()
-  n = len(data[0])
-  for i, idx in enumerate(_batches(n, cfg.batch_size, cfg.steps, seed)):
-    batch = tuple(jnp.asarray(d[idx]) for d in data)
-    params, opt, extra, metrics = step(params, opt, extra, batch, jax.random.key(seed * 7 + i))
-    if (i + 1) % cfg.log_every == 0 or i + 1 == cfg.steps:
-      m = {k: float(v) for k, v in metrics.items()}
-      rate = (i + 1) / (time.time() - start)
-      log(f"{name} step {i + 1}/{cfg.steps} | " + " | ".join(
-          f"{k} {v:.4f}" for k, v in sorted(m.items())) + f" | {rate:.1f} steps/s")
-  return params, extra, time.time() - start
-
-
-def _save(directory, tree, config_dict):
-  checkpoints.save_pretrained(directory, tree, _ConfigDict(config_dict))
-
-
-def _load_phase(directory, config_dict, log):
-  """The tree a previous run saved in `directory` if it was trained with the same config
-  (the phase is then skipped: a killed run resumes at the first unfinished phase), else None.
-  A directory saved with another config is moved aside, so the retrained phase can be saved."""
+def _completed(workdir: str) -> bool:
+  """Did a training run in `workdir` finish (its results.json says so)?"""
   try:
-    checkpoints.latest_step(directory)
+    with open(os.path.join(workdir, "results.json")) as f:
+      return json.load(f).get("status") == "completed"
   except FileNotFoundError:
-    return None
-  tree, stored = checkpoints.restore_params(directory)
-  if stored != json.loads(json.dumps(config_dict)):
-    log(f"{directory}: saved with another config; moved it to "
-        f"{checkpoints.move_aside(directory)} and training it again")
-    return None
-  log(f"{os.path.basename(directory)}: reusing the one saved in {directory}")
-  return tree
+    return False
 
 
-class _ConfigDict:
-  """Adapter: save_pretrained stores `config.to_dict()` as the model config."""
-
-  def __init__(self, d):
-    self.d = d
-
-  def to_dict(self):
-    return self.d
+def _fit_phase(name, directory, model, model_config, meta, loss_fn, arrays, cfg, *, seed: int,
+               init_seed: int, log, shown=()):
+  """Train one model of this experiment through the one loop (train/fit.py) in `directory`:
+  AdamW (the optimizer builder's, from `cfg`) over batches of `arrays` drawn in epochs,
+  resumable, skipped when already complete, trained again (the old one moved aside) when `meta`
+  (its config and provenance) changed. loss_fn(params, model_state, batch, rng) ->
+  (loss, (metrics, model_state)). Returns (the trained variables, seconds spent training)."""
+  from unimodal_jax import sharding
+  from unimodal_jax.data import array_batches
+  from unimodal_jax.train import fit, optimizer, state as state_lib, step as step_lib
+  start = time.time()
+  steps = int(cfg.steps)
+  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+  opt = dict(learning_rate=float(cfg.learning_rate), schedule="cosine",
+             warmup_steps=min(int(cfg.max_warmup_steps), int(steps * cfg.warmup_fraction)),
+             end_lr_ratio=float(cfg.end_lr_ratio), b1=float(cfg.b1), b2=float(cfg.b2),
+             eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
+             clip_grad_norm=float(cfg.clip_grad_norm))
+  abstract_params = nn.meta.unbox(sharding.abstract_params(model, model_config))
+  tx, schedules = optimizer.build(opt, abstract_params, steps)
+  abstract_state, state_sh = state_lib.state_shardings(model, model_config, tx, mesh)
+  batch_sh = sharding.batch_sharding(mesh, ndim=1)
+  # Each step's key is key(7 * seed + step), as this experiment has always drawn it.
+  train_step = jax.jit(
+      step_lib.make_loss_step(loss_fn, tx, schedules,
+                              step_rng=lambda s: jax.random.key(seed * 7 + s.step)),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,))
+  n = len(next(iter(arrays.values())))
+  trainable = fit.Trainable(
+      abstract_state=abstract_state,
+      init_state=lambda: state_lib.init_state(model, model_config, tx, 0, state_sh,
+                                              init_rng=jax.random.key(init_seed)),
+      train_step=train_step,
+      batches=array_batches.batches(arrays, array_batches.epoch_batches(
+          n, int(cfg.batch_size), steps, seed)),
+      batch_sharding=batch_sh, model_config=meta, config=cfg,
+      items_per_step=int(cfg.batch_size), unit="ex", shown=shown,
+      describe=f"training the {name} in {directory}",
+      # Trained with another config (or on another tokenizer's output): trained again.
+      run_identity=json.dumps(meta, sort_keys=True))
+  fit_cfg = dict(cfg.to_dict(), eval_every=steps)
+  _, state = fit.fit(trainable, ml_collections.ConfigDict(fit_cfg), directory,
+                     log=lambda msg, *a, **k: log(f"{name}: {msg}"))
+  return {"params": state.params, **state.model_state}, time.time() - start
 
 
 def run(config, workdir: str, *, log=print) -> dict:
@@ -163,8 +157,7 @@ def run(config, workdir: str, *, log=print) -> dict:
 
   # 1. Encoder: a CLIP trained on the worlds (or reused).
   clip_dir = config.encoder.clip_workdir or os.path.join(workdir, "clip")
-  if not os.path.isdir(os.path.join(clip_dir, checkpoints.TRAIN_SUBDIR)):
-    from ml_collections import config_flags  # noqa: F401 (the CLIP config is a Python file)
+  if not _completed(clip_dir):  # trains it, or resumes a killed run
     from unimodal_jax.train import contrastive
     import importlib.util
     spec = importlib.util.spec_from_file_location("clip_config", config.encoder.clip_config)
@@ -204,33 +197,22 @@ def run(config, workdir: str, *, log=print) -> dict:
                                        num_tokens=train_feats.shape[1],
                                        **config.tokenizer.to_dict())
   tokenizer = vt.SemanticTokenizer(tok_cfg)
-  variables = nn.meta.unbox(jax.jit(lambda x: tokenizer.init(jax.random.key(0), x))(
-      jnp.asarray(train_feats[:2])))
-  mutable = "vq_stats" in variables
 
   def tok_loss(params, stats, batch, rng):
-    (feats,) = batch
-    v = {"params": params, **({"vq_stats": stats} if mutable else {})}
-    if mutable:
-      (recon, _, aux), new = tokenizer.apply(v, feats, train=True, mutable=["vq_stats"],
-                                             rngs={"vq": rng})
-      stats = new["vq_stats"]
-    else:
-      recon, _, aux = tokenizer.apply(v, feats, train=True)
+    feats = batch["features"]
+    (recon, _, aux), stats = _apply_vq(tokenizer, params, stats.get("vq_stats", {}), feats, rng)
     rec = vt.feature_reconstruction_loss(recon, feats, tok_cfg)
     metrics = {"cosine": rec["cosine"], "usage": aux["usage"], "perplexity": aux["perplexity"]}
-    return rec["loss"] + aux["loss"], (metrics, stats)
+    return rec["loss"] + aux["loss"], (metrics, {"vq_stats": stats} if stats else {})
 
+  # The model config, and how it was trained (load_pretrained ignores the provenance).
   tok_dir, tok_meta = os.path.join(workdir, "tokenizer"), {
-      "kind": "semantic_tokenizer", **dataclasses.asdict(tok_cfg),
-      "train": config.tokenizer_train.to_dict(), "data": config.data.to_dict()}
-  tok_vars, tok_seconds = _load_phase(tok_dir, tok_meta, log), 0.0
-  if tok_vars is None:
-    tok_params, tok_stats, tok_seconds = _train(
-        "tokenizer", tok_loss, variables["params"], variables.get("vq_stats", {}),
-        (train_feats,), config.tokenizer_train, log, seed=1)
-    tok_vars = {"params": tok_params, **({"vq_stats": tok_stats} if mutable else {})}
-    _save(tok_dir, tok_vars, tok_meta)
+      **tok_cfg.to_dict(), build.PROVENANCE: {"train": config.tokenizer_train.to_dict(),
+                                              "data": config.data.to_dict()}}
+  tok_vars, tok_seconds = _fit_phase(
+      "tokenizer", tok_dir, tokenizer, tok_cfg, tok_meta, tok_loss, {"features": train_feats},
+      config.tokenizer_train, seed=1, init_seed=0, log=log,
+      shown=("cosine", "usage", "perplexity"))
 
   @jax.jit
   def encode(feats):
@@ -251,26 +233,22 @@ def run(config, workdir: str, *, log=print) -> dict:
                                    cond_tokens=train_cond.shape[1],
                                    **config.pixel_decoder.to_dict())
   decoder = pdec.PixelDecoder(pd_cfg)
-  pd_params = nn.meta.unbox(decoder.init(jax.random.key(1), jnp.zeros((1, size, size, 3)),
-                                         jnp.zeros((1,)), jnp.asarray(train_cond[:1]))["params"])
 
-  def pd_loss(params, extra, batch, rng):
-    images, cond = batch
-    return pdec.flow_matching_loss(decoder, params, images, cond, rng), ({}, extra)
+  def pd_loss(params, model_state, batch, rng):
+    loss = pdec.flow_matching_loss(decoder, params, batch["images"], batch["cond"], rng)
+    return loss, ({}, model_state)
 
   pd_dir, pd_meta = os.path.join(workdir, "pixel_decoder"), {
-      "kind": "pixel_decoder", **dataclasses.asdict(pd_cfg), "tokenizer": tok_meta,
-      "train": config.pixel_train.to_dict()}
-  loaded, pd_seconds = _load_phase(pd_dir, pd_meta, log), 0.0
-  if loaded is None:
-    pd_params, _, pd_seconds = _train("pixel_decoder", pd_loss, pd_params, {},
-                                      (train_images, train_cond), config.pixel_train, log, seed=2)
-    _save(pd_dir, pd_params, pd_meta)
-  else:
-    pd_params = loaded
+      **pd_cfg.to_dict(), build.PROVENANCE: {"tokenizer": tok_meta,
+                                             "train": config.pixel_train.to_dict()}}
+  pd_vars, pd_seconds = _fit_phase(
+      "pixel_decoder", pd_dir, decoder, pd_cfg, pd_meta, pd_loss,
+      {"images": train_images, "cond": train_cond}, config.pixel_train, seed=2, init_seed=1,
+      log=log)
+  pd_params = pd_vars["params"]
 
   # 4. Baseline: pixel-reconstruction VQ (off when baseline_train.steps is 0).
-  baseline_result = (_train_baseline(config, size, train_images, eval_images, log)
+  baseline_result = (_train_baseline(config, size, train_images, eval_images, workdir, log)
                      if int(config.baseline_train.steps) > 0 else None)
 
   # 5. Evaluation on held-out images.
@@ -312,31 +290,25 @@ def run(config, workdir: str, *, log=print) -> dict:
   return results
 
 
-def _train_baseline(config, size, train_images, eval_images, log):
-  """The pixel-reconstruction VQ tokenizer on the same images: (its held-out reconstructions,
-  its figures)."""
+def _train_baseline(config, size, train_images, eval_images, workdir, log):
+  """The pixel-reconstruction VQ tokenizer on the same images (in WORKDIR/pixel_vq): (its
+  held-out reconstructions, its figures)."""
   base_cfg = pixel_vq.PixelVQConfig(image_size=size, **config.baseline.to_dict())
   baseline = pixel_vq.PixelVQTokenizer(base_cfg)
-  bvars = nn.meta.unbox(baseline.init(jax.random.key(2), jnp.zeros((1, size, size, 3))))
-  b_mutable = "vq_stats" in bvars
 
-  def base_loss(params, stats, batch, rng):
-    (images,) = batch
-    x = pdec.to_unit_range(images)
-    v = {"params": params, **({"vq_stats": stats} if b_mutable else {})}
-    if b_mutable:
-      (recon, _, aux), new = baseline.apply(v, x, train=True, mutable=["vq_stats"],
-                                            rngs={"vq": rng})
-      stats = new["vq_stats"]
-    else:
-      recon, _, aux = baseline.apply(v, x, train=True)
+  def base_loss(params, model_state, batch, rng):
+    x = pdec.to_unit_range(batch["images"])
+    (recon, _, aux), stats = _apply_vq(baseline, params, model_state.get("vq_stats", {}), x, rng)
     pix = pixel_vq.pixel_loss(recon, x)
-    return pix["loss"] + aux["loss"], ({"l1": pix["l1"], "usage": aux["usage"]}, stats)
+    return pix["loss"] + aux["loss"], ({"l1": pix["l1"], "usage": aux["usage"]},
+                                       {"vq_stats": stats} if stats else {})
 
-  b_params, b_stats, b_seconds = _train("pixel_vq", base_loss, bvars["params"],
-                                        bvars.get("vq_stats", {}), (train_images,),
-                                        config.baseline_train, log, seed=3)
-  b_vars = {"params": b_params, **({"vq_stats": b_stats} if b_mutable else {})}
+  meta = {**base_cfg.to_dict(), build.PROVENANCE: {"train": config.baseline_train.to_dict(),
+                                                   "data": config.data.to_dict()}}
+  b_vars, b_seconds = _fit_phase(
+      "pixel_vq", os.path.join(workdir, "pixel_vq"), baseline, base_cfg, meta, base_loss,
+      {"images": train_images}, config.baseline_train, seed=3, init_seed=2, log=log,
+      shown=("l1", "usage"))
   x_eval = pdec.to_unit_range(jnp.asarray(eval_images))
   images = np.asarray(pdec.to_uint8(jax.jit(lambda x: baseline.apply(
       b_vars, x, train=False)[0])(x_eval)))
@@ -362,6 +334,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from unimodal_jax.config_path import add_experiments_root
+  add_experiments_root()  # configs import experiments.*
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from absl import app, flags
   from ml_collections import config_flags
