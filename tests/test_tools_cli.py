@@ -51,3 +51,22 @@ def test_summary_runs_a_forward_pass():
   assert "params      1.26M" in proc.stdout
   loss = float(proc.stdout.split("next-token loss on random tokens ")[1].split()[0])
   assert abs(loss - 7.625) < 0.3  # an untrained model is near-uniform over 2048 tokens
+
+
+@pytest.mark.parametrize("config,kind,count", [
+    ("experiments/tiny/lm.py:micro", "decoder", None),
+    ("experiments/tiny/clip_shapes.py:micro", "clip", None),
+    ("experiments/illume/stage2.py", "illume", "7.20B"),
+])
+def test_summary_takes_any_model_kind(config, kind, count):
+  """`python -m unimodal_jax.summary` reads the config's model kind and lists its parameters
+  with their shardings, from the parameters' shapes alone (the 7B model is never built)."""
+  proc = _run("-m", "unimodal_jax.summary", f"--config={config}",
+              *(["--noforward"] if count else []))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert f"kind        {kind}" in lines
+  params = next(line for line in lines if line.startswith("params"))
+  if count:
+    assert count in params
+  assert sum(line.count("/") > 0 for line in lines) > 3  # parameter rows like "a/b/kernel"

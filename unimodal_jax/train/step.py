@@ -35,16 +35,21 @@ def apply_gradients(state: TrainState, grads, loss, tx, model_state=None):
   state and model state stay as they were, and the skip is counted."""
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-  new_params = optax.apply_updates(state.params, updates)
-  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  model_state = state.model_state if model_state is None else model_state
+
+  # A branch, not a select over the updated trees: the update compiles as it would without the
+  # policy (bit for bit), and a skipped step computes no update at all.
+  def update(_):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return optax.apply_updates(state.params, updates), opt_state, model_state
+
+  def skip(_):
+    return state.params, state.opt_state, state.model_state
+
+  params, opt_state, new_model_state = jax.lax.cond(finite, update, skip, None)
   skipped = (~finite).astype(jnp.int32)
   new_state = state.replace(
-      step=state.step + 1,
-      params=keep(new_params, state.params),
-      opt_state=keep(new_opt_state, state.opt_state),
-      model_state=(state.model_state if model_state is None
-                   else keep(model_state, state.model_state)),
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=new_model_state,
       nonfinite_steps=state.nonfinite_steps + skipped,
       consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped)
   return new_state, {"grad_norm": grad_norm, "finite": finite,
