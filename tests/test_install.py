@@ -50,6 +50,8 @@ def test_the_library_and_the_main_job_import_no_torch():
 @pytest.mark.slow
 def test_the_wheel_holds_one_package(tmp_path):
   """The built wheel has unimodal_jax (the kernels inside it) and nothing else at the top."""
+  import shutil
+  shutil.rmtree(os.path.join(REPO, "build"), ignore_errors=True)  # no stale files in the wheel
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                   "--quiet", "-w", str(tmp_path), REPO], check=True, cwd=str(tmp_path))
   wheel, = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]

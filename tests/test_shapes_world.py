@@ -391,12 +391,12 @@ def test_geneval_scorer_rejects_noise_images():
   scene gate rejects it, while noisy renders of real scenes keep passing."""
   rng = np.random.default_rng(5)
   judge = shapes_judge
-  prompts = judge.geneval_prompts(3, 4)
+  prompts = geneval.geneval_prompts(3, 4)
   for _ in range(5):
     noise = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
     assert not any(judge.score(p["spec"], noise) for p in prompts)
   for p in prompts[:12]:
-    scene = judge.render_for_spec(p["spec"], rng, 64)
+    scene = geneval.render_for_spec(p["spec"], rng, 64)
     image = shapes.render(scene)
     noisy = judge.degrade(image, "noise", 30, rng)
     assert judge.looks_like_scene(image) and judge.looks_like_scene(noisy)
