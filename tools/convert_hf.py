@@ -1,5 +1,6 @@
 """Convert a Hugging Face checkpoint into an orbax checkpoint of ours: a LLaMA/Vicuna or Qwen2
-decoder, or a CLIP / SigLIP vision tower (ILLUME's image encoder).
+decoder, a CLIP / SigLIP vision tower (ILLUME's image encoder), or a diffusers Stable Diffusion
+U-Net / VAE (or a whole SD pipeline directory: its unet/ and vae/).
 
     python tools/convert_hf.py --hf_dir DIR --out_dir OUT [--dtype keep|float32|bfloat16]
 
@@ -7,10 +8,14 @@ DIR holds config.json and model.safetensors (or model.safetensors.index.json wit
 config.json's model_type picks the converter: llama / qwen2 -> a decoder that
 `unimodal_jax.load_pretrained(OUT)` reads; clip, clip_vision_model, siglip, siglip_vision_model ->
 the vision tower (a full CLIPModel/SiglipModel keeps only its vision half) that
-`unimodal_jax.hf_clip.load_vit(OUT)` reads. OUT becomes an orbax CheckpointManager directory
-(step 0: params + model config). Tensors stream from memory maps of the safetensors files, so
+`unimodal_jax.hf_clip.load_vit(OUT)` reads. A config.json whose `_class_name` is
+UNet2DConditionModel or AutoencoderKL (weights: diffusion_pytorch_model.safetensors, single or
+sharded) converts to a U-Net or VAE that `load_pretrained(OUT)` reads; a pipeline directory
+(model_index.json, unet/, vae/, scheduler/) converts into OUT/unet and OUT/vae. OUT becomes an
+orbax CheckpointManager directory (step 0: params + model config). Tensors stream from memory maps of the safetensors files, so
 with --dtype keep (the default) RAM stays far below the model's size. --check_logits compares
-with transformers afterwards (logits for a decoder, hidden states for a vision tower).
+with transformers or diffusers afterwards (logits for a decoder, hidden states for a vision
+tower, the prediction of a U-Net, the encoder mean and decoded images of a VAE).
 """
 from __future__ import annotations
 
@@ -50,16 +55,24 @@ def main(argv=None) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from unimodal_jax import checkpoints, hf_decoder
 
+  from unimodal_jax import hf_diffusers
+
   config_path = os.path.join(args.hf_dir, "config.json")
-  if not os.path.exists(config_path):
-    print(f"error: {config_path} not found", file=sys.stderr)
+  pipeline = not os.path.exists(config_path) and hf_diffusers.is_pipeline(args.hf_dir)
+  if not os.path.exists(config_path) and not pipeline:
+    print(f"error: {config_path} not found (and {args.hf_dir} is not a diffusers pipeline "
+          "directory with unet/ and vae/)", file=sys.stderr)
     return 2
   if os.path.isdir(args.out_dir) and os.listdir(args.out_dir):
     print(f"error: --out_dir {args.out_dir} is not empty; choose a new directory", file=sys.stderr)
     return 2
   start = time.time()
+  if pipeline:
+    return convert_diffusers(args, start, pipeline=True)
   with open(config_path) as f:
     hf_config = json.load(f)
+  if hf_config.get("_class_name") in (hf_diffusers.UNET_CLASS, hf_diffusers.VAE_CLASS):
+    return convert_diffusers(args, start, pipeline=False)
   if hf_config.get("model_type") in VISION_MODEL_TYPES:
     return convert_vision(args, start)
   config = hf_decoder.config_from_hf(hf_config, where=config_path, param_dtype=args.param_dtype,
@@ -101,6 +114,44 @@ def convert_vision(args, start: float) -> int:
     print(f"hidden-state check: max |ours - transformers| = "
           + ", ".join(f"{k} {v:.3g}" for k, v in diff.items())
           + f" ({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})", flush=True)
+    return 0 if ok else 1
+  return 0
+
+
+def convert_diffusers(args, start: float, *, pipeline: bool) -> int:
+  """A diffusers U-Net or VAE directory, or a whole SD pipeline directory (unet/ and vae/)."""
+  from unimodal_jax import hf_diffusers
+
+  kwargs = dict(dtype=args.dtype, param_dtype=args.param_dtype, compute_dtype=args.compute_dtype,
+                concurrent_gb=args.concurrent_gb)
+  try:
+    if pipeline:
+      configs = hf_diffusers.convert_pipeline(args.hf_dir, args.out_dir, **kwargs)
+      parts = {part: (os.path.join(args.hf_dir, part), os.path.join(args.out_dir, part))
+               for part in configs}
+    else:
+      configs = {"model": hf_diffusers.convert(args.hf_dir, args.out_dir, **kwargs)}
+      parts = {"model": (args.hf_dir, args.out_dir)}
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for part, config in configs.items():
+    print(f"converted {part}: {config.KIND}, channels {list(config.block_out_channels)} -> "
+          f"{parts[part][1]}", flush=True)
+  print(f"done in {time.time() - start:.1f}s", flush=True)
+  if args.check_logits:
+    ok = True
+    for part, (hf_dir, out_dir) in parts.items():
+      diff = hf_diffusers.max_difference(hf_dir, out_dir)
+      scale = diff.pop("scale")
+      worst = max(diff.values())
+      # A U-Net's or VAE's outputs are not logits: the bound is relative to the output's scale.
+      good = worst <= args.tolerance * max(scale, 1.0)
+      ok &= good
+      print(f"{part} check: max |ours - diffusers| = "
+            + ", ".join(f"{k} {v:.3g}" for k, v in diff.items())
+            + f" (output scale {scale:.3g}; {'ok' if good else 'FAILED'}, tolerance "
+              f"{args.tolerance:g} x scale)", flush=True)
     return 0 if ok else 1
   return 0
 

@@ -1,11 +1,13 @@
-"""Export one of our decoder checkpoints back to the Hugging Face layout.
+"""Export one of our decoder, U-Net or VAE checkpoints back to the Hugging Face layout.
 
     python tools/export_hf.py --ckpt OUT --hf_dir DIR2 [--step N] [--dtype float32|bfloat16]
                               [--max_shard_gb 5]
 
 OUT is a converted checkpoint or a training workdir (latest step unless --step). DIR2 receives
 config.json and model.safetensors (or numbered shards with model.safetensors.index.json), readable
-by `transformers.AutoModelForCausalLM.from_pretrained(DIR2)`.
+by `transformers.AutoModelForCausalLM.from_pretrained(DIR2)`; for a U-Net or VAE,
+config.json and diffusion_pytorch_model.safetensors, readable by diffusers'
+`UNet2DConditionModel.from_pretrained(DIR2)` / `AutoencoderKL.from_pretrained(DIR2)`.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def main(argv=None) -> int:
   from safetensors.numpy import save_file
   from unimodal_jax import checkpoints, hf_decoder
 
+  kind = checkpoints.read_model_config(
+      checkpoints.resolve_model_directory(args.ckpt), args.step).get("kind", "decoder")
+  if kind in ("unet", "vae"):
+    return export_diffusers(args)
   model, params = checkpoints.load_pretrained(args.ckpt, step=args.step,
                                               config_overrides={"scan_layers": False})
   config = model.config
@@ -66,6 +72,28 @@ def main(argv=None) -> int:
   with open(os.path.join(args.hf_dir, "config.json"), "w") as f:
     json.dump(hf_decoder.config_to_hf(config, dtype_name), f, indent=2)
   print(f"exported {config.family} to {args.hf_dir}", flush=True)
+  return 0
+
+
+def export_diffusers(args) -> int:
+  """A U-Net or VAE checkpoint -> config.json + diffusion_pytorch_model.safetensors, which
+  diffusers' `UNet2DConditionModel` / `AutoencoderKL.from_pretrained(DIR2)` reads."""
+  import numpy as np
+  import ml_dtypes
+  from safetensors.numpy import save_file
+  from unimodal_jax import checkpoints, hf_diffusers
+
+  model, params = checkpoints.load_pretrained(args.ckpt, step=args.step)
+  dtype_name = args.dtype or model.config.param_dtype
+  np_dtype = ml_dtypes.bfloat16 if dtype_name == "bfloat16" else np.float32
+  tensors = {name: np.ascontiguousarray(array.astype(np_dtype))
+             for name, array in hf_diffusers.params_to_diffusers(params)}
+  os.makedirs(args.hf_dir, exist_ok=True)
+  save_file(tensors, os.path.join(args.hf_dir, f"{hf_diffusers.WEIGHTS}.safetensors"),
+            metadata={"format": "pt"})
+  with open(os.path.join(args.hf_dir, "config.json"), "w") as f:
+    json.dump(hf_diffusers.config_to_diffusers(model.config), f, indent=2)
+  print(f"exported {model.config.KIND} ({len(tensors)} tensors) to {args.hf_dir}", flush=True)
   return 0
 
 

@@ -115,18 +115,20 @@ class SafetensorsDir:
   is a view into a memory map of its file, so nothing is read until used.
   """
 
-  def __init__(self, directory: str):
+  def __init__(self, directory: str, basename: str = "model"):
+    """`basename`: 'model' (transformers) or 'diffusion_pytorch_model' (diffusers)."""
     self.directory = directory
-    index = os.path.join(directory, "model.safetensors.index.json")
-    single = os.path.join(directory, "model.safetensors")
+    index = os.path.join(directory, f"{basename}.safetensors.index.json")
+    single = os.path.join(directory, f"{basename}.safetensors")
     if os.path.exists(index):
       with open(index) as f:
         weight_map = json.load(f)["weight_map"]
       files = sorted(set(weight_map.values()))
     elif os.path.exists(single):
-      files = ["model.safetensors"]
+      files = [f"{basename}.safetensors"]
     else:
-      raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+      raise FileNotFoundError(f"{directory}: no {basename}.safetensors or "
+                              f"{basename}.safetensors.index.json")
     self._entries: dict[str, tuple[str, dict, int]] = {}
     for name in files:
       path = os.path.join(directory, name)

@@ -30,6 +30,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
+    ("conv_window", None),  # a conv kernel's height and width
     # activations
     ("act_batch", BATCH_AXES),
     ("act_length", None),

@@ -109,3 +109,34 @@ def cached_attention(q, cache_k, cache_v, *, q_segment_ids, kv_segment_ids, q_of
   out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(q.dtype), cache_v.astype(q.dtype),
                    preferred_element_type=jnp.float32)
   return out.reshape(b, t, n, d).astype(q.dtype)
+
+
+def full_attention(q, k, v, *, impl="auto", upcast=False):
+  """Unmasked softmax(q k^T / sqrt(d)) v: every query sees every key (a U-Net's self-attention
+  over pixels, cross-attention to a condition sequence, a VAE's mid-block attention).
+
+  q: [B, Lq, N, D]; k, v: [B, Lk, N, D] (Lk may differ from Lq). impl: 'auto' (the Pallas kernel,
+  non-causal, on TPU/GPU; XLA elsewhere), 'xla', 'pallas' (interpret mode on a CPU). `upcast`
+  computes the logits from float32 q and k (SD 2.x's upcast_attention); the softmax is float32
+  either way.
+  """
+  if impl not in ("auto", "xla", "pallas"):
+    raise ValueError(f"full attention impl {impl!r}; expected 'auto', 'xla' or 'pallas'")
+  mesh = _context_mesh()
+  platform = _platform(mesh)
+  if impl == "pallas" or (impl == "auto" and platform in ("tpu", "gpu")):
+    kwargs = dict(causal=False, impl="pallas")
+    if platform not in ("tpu", "gpu"):
+      return flash_attention(q, k, v, interpret=True, **kwargs)
+    if mesh is None:
+      return flash_attention(q, k, v, platform=platform, **kwargs)
+    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+    return flash_attention_sharded(q, k, v, mesh, batch_axes=batch_axes, platform=platform,
+                                   **kwargs)
+  d = q.shape[-1]
+  logits_dtype = jnp.float32 if upcast else q.dtype
+  scores = jnp.einsum("bqnd,bknd->bnqk", q.astype(logits_dtype), k.astype(logits_dtype),
+                      preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bnqk,bknd->bqnd", probs, v, preferred_element_type=jnp.float32
+                    ).astype(q.dtype)

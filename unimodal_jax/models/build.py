@@ -48,6 +48,8 @@ register("pixel_vq", "unimodal_jax.models.pixel_vq:PixelVQConfig",
          "unimodal_jax.models.pixel_vq:PixelVQTokenizer", variables=True)
 register("pixel_decoder", "unimodal_jax.models.pixel_decoder_config:PixelDecoderConfig",
          "unimodal_jax.models.pixel_decoder:PixelDecoder")
+register("unet", "unimodal_jax.models.unet:UNetConfig", "unimodal_jax.models.unet:UNet")
+register("vae", "unimodal_jax.models.vae:VAEConfig", "unimodal_jax.models.vae:VAE")
 
 
 def _import(path: str):
