@@ -195,3 +195,47 @@ def test_illume_stage_train_steps_fit_v5p_256(stage, batch):
   result = json.loads(proc.stdout.strip().splitlines()[-1])
   assert result["program"] == "train_step" and result["global_batch"] == batch
   assert result["fits"], result
+
+
+def _tiny_unet_experiment(finetune: bool):
+  """experiments/dreamllm/sd21_base.py's layout with a U-Net small enough to compile in seconds
+  (the same code path as SD-2.1-base; the real one is a slow test)."""
+  from experiments.dreamllm import sd21_base
+  config = sd21_base.get_config("finetune" if finetune else None)
+  config.model.update(sample_size=16, block_out_channels=[32, 64], layers_per_block=1,
+                      down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                      up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+                      num_attention_heads=[2, 4], norm_num_groups=8, cross_attention_dim=64,
+                      condition_length=8)
+  config.global_batch = 8
+  return config
+
+
+def test_frozen_unet_program_returns_only_the_condition_gradient():
+  """DreamLLM's program: the U-Net's weights are inputs, not outputs (no weight gradients, no
+  optimizer state); the only output besides the loss is d loss / d condition. The fine-tuning
+  step instead carries params + two Adam moments, donated."""
+  frozen = aot.compile_unet_for_topology(_tiny_unet_experiment(False), "v5e:2x2",
+                                         "forward_backward")
+  assert frozen["weights"] == "frozen" and frozen["fits"]
+  assert frozen["fused_attention"]  # the Pallas kernel, not XLA's softmax(q k^T) v
+  # Outputs: the loss and a [2, 8, 64] bf16 slice of the condition's gradient per chip (TPU
+  # tiles pad it to a few KB), nowhere near the weights' gradient (bf16 params over 4 chips).
+  assert frozen["output_bytes"] < 16 * 1024 < frozen["num_params"] * 2 // 4
+  finetune = aot.compile_unet_for_topology(_tiny_unet_experiment(True), "v5e:2x2", "train_step")
+  assert finetune["weights"] == "trained"
+  assert finetune["alias_bytes"] >= 3 * finetune["num_params"] * 4 // 4  # fsdp over 4 chips
+  # Analytic FLOPs: forward x 3 with weight gradients, forward x 2 without.
+  assert finetune["flops_per_step"] == pytest.approx(1.5 * frozen["flops_per_step"], rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,program", [(None, "forward_backward"),
+                                             ("finetune", "train_step")])
+def test_sd21_base_unet_fits_v5p_256(variant, program):
+  """SD-2.1-base's U-Net (865M) for DreamLLM: frozen with the gradient to the condition, and a
+  full fine-tuning step, each fits a v5p-256's chips at batch 256."""
+  from experiments.dreamllm import sd21_base
+  result = aot.compile_unet_for_topology(sd21_base.get_config(variant), "v5p-256", program)
+  assert 860e6 < result["num_params"] < 870e6
+  assert result["fits"], result

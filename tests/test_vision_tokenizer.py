@@ -125,25 +125,30 @@ def test_tokenizer_encode_compiles_for_tpu_with_the_fused_lookup():
 
 def test_paper_scale_tokenizer_config_has_the_papers_shape():
   """experiments/illume/tokenizer.py: 256 tokens per image from the ViT-L/14 tower's 16 x 16
-  patches, 16,384 codes, a 512 px pixel decoder whose patch grid is the token grid (built
+  patches, 16,384 codes, and SD as the pixel decoder: an SD-2.1-shaped U-Net on the VAE's
+  64 x 64 x 4 latents of 512 px, cross-attending to the 256 reconstructed 1024-d features (built
   abstractly: no memory is allocated)."""
   from experiments.illume import tokenizer as paper
-  from unimodal_jax.models import pixel_decoder as pdec
-  tok_cfg, pixel_cfg = paper.model_configs(paper.get_config())
+  from unimodal_jax.models import unet, vae
+  tok_cfg, unet_cfg, vae_cfg = paper.model_configs(paper.get_config())
   assert (tok_cfg.num_tokens, tok_cfg.codebook_size, tok_cfg.feature_dim) == (256, 16_384, 1024)
-  assert pixel_cfg.image_size == 512 and pixel_cfg.grid == pixel_cfg.cond_grid == 16
   feats = jnp.zeros((2, 256, 1024))
   tok = vt.SemanticTokenizer(tok_cfg)
   variables = jax.eval_shape(lambda: tok.init(jax.random.key(0), feats))
   ids = jax.eval_shape(lambda v: tok.apply(v, feats, method=vt.SemanticTokenizer.encode),
                        variables)
   assert ids.shape == (2, 256) and jnp.issubdtype(ids.dtype, jnp.integer)
-  decoder = pdec.PixelDecoder(pixel_cfg)
   images = jnp.zeros((2, 512, 512, 3))
-  params = jax.eval_shape(lambda: decoder.init(jax.random.key(0), images, jnp.zeros((2,)), feats))
-  out = jax.eval_shape(lambda p: decoder.apply(p, images, jnp.zeros((2,)), feats), params)
-  assert out.shape == (2, 512, 512, 3)
+  autoencoder = vae.VAE(vae_cfg)
+  vae_params = jax.eval_shape(lambda: autoencoder.init(jax.random.key(0), images))
+  mean, _ = jax.eval_shape(lambda p: autoencoder.apply(p, images, method="encode"), vae_params)
+  assert mean.shape == (2, 64, 64, 4)
+  decoder = unet.UNet(unet_cfg)
+  params = jax.eval_shape(lambda z: decoder.init(jax.random.key(0), z, jnp.zeros((2,)), feats),
+                          mean)
+  out = jax.eval_shape(lambda p, z: decoder.apply(p, z, jnp.zeros((2,)), feats), params, mean)
+  assert out.shape == (2, 64, 64, 4)
   # The codebook (an EMA statistic here, not a param): 16,384 codes of 32 dims.
   assert (16_384, 32) in [leaf.shape for leaf in jax.tree.leaves(variables)]
-  with pytest.raises(ValueError, match="takes no variant"):
+  with pytest.raises(ValueError, match="unknown variant"):
     paper.get_config("micro")

@@ -1,6 +1,7 @@
 """AOT-compile a config's train step (or forward+backward) for a TPU topology on this CPU machine.
 
     python tools/aot_compile.py --config=experiments/illume/vicuna7b.py --topology=v5p-256
+    python tools/aot_compile.py --config=experiments/dreamllm/sd21_base.py --topology=v5p-256
     python tools/aot_compile.py --config=experiments/tiny/lm.py --topology=v5e:2x2
         --config.global_batch=16 --config.mesh.fsdp=2 --config.mesh.data=-1   (one line)
 
@@ -32,7 +33,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", "v5p-256", "TPU topology: v5p-256, v
 _PROGRAM = flags.DEFINE_enum(
     "program", "auto", ["auto", "train_step", "forward_backward"],
     "what to compile: the full train step (optimizer state, donation; needs the config's train "
-    "and optimizer sections) or the model's forward+backward; auto picks train_step when it can")
+    "and optimizer sections) or the model's forward+backward (for a U-Net: weights frozen, the "
+    "gradient to the condition only); auto picks train_step when it can")
 
 
 def main(argv):
@@ -48,6 +50,8 @@ def main(argv):
   program = _PROGRAM.value
   if program == "auto":
     program = "train_step" if ("train" in cfg and "optimizer" in cfg) else "forward_backward"
+  if model_config.KIND == "unet":
+    return compile_unet(cfg, program)
   print(f"compiling the {program.replace('_', ' ')} of {model_config.num_params() / 1e9:.2f}B "
         f"params, batch {cfg.global_batch} x {cfg.seq_len} for {_TOPOLOGY.value} ...",
         file=sys.stderr, flush=True)
@@ -60,6 +64,22 @@ def main(argv):
     result = aot.compile_for_topology(model_config, cfg.mesh.to_dict(), _TOPOLOGY.value,
                                       cfg.global_batch, cfg.seq_len)
     result["program"] = "forward_backward"
+  _summary(result)
+
+
+def compile_unet(cfg, program: str) -> None:
+  """A diffusion U-Net: forward_backward = frozen weights, gradient to the condition only (as
+  DreamLLM trains through SD); train_step = full fine-tuning."""
+  from unimodal_jax import aot
+  what = ("frozen U-Net, gradient to the condition" if program == "forward_backward"
+          else "U-Net fine-tuning step")
+  print(f"compiling the {what}, batch {cfg.global_batch} for {_TOPOLOGY.value} ...",
+        file=sys.stderr, flush=True)
+  result = aot.compile_unet_for_topology(cfg, _TOPOLOGY.value, program)
+  _summary(result)
+
+
+def _summary(result) -> None:
   gib = 1024**3
   print(f"{result['topology']}: {result['num_chips']} chips, per chip "
         f"{result['per_chip_hbm_bytes'] / gib:.2f} GiB of {result['hbm_capacity_bytes'] / gib:.0f} "

@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -153,8 +154,10 @@ def compile_train_step(config, mesh):
     return step.lower(abstract_state, batch).compile()
 
 
-def report(compiled, *, topology: str, generation: str, num_chips: int, config: DecoderConfig,
-           global_batch: int, seq_len: int, compile_s: float) -> dict[str, Any]:
+def report(compiled, *, topology: str, generation: str, num_chips: int,
+           analytic_flops_per_step: float, num_params: int, compile_s: float,
+           **extra) -> dict[str, Any]:
+  """The JSON-ready figures of a compiled program: per-chip memory, FLOPs, roofline."""
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -164,29 +167,33 @@ def report(compiled, *, topology: str, generation: str, num_chips: int, config: 
   flops_per_chip = float(cost.get("flops", 0.0)) if cost else 0.0
   bytes_per_chip = float(cost.get("bytes accessed", 0.0)) if cost else 0.0
   chip = CHIPS[generation]
-  result = {
+  return {
       "topology": topology,
       "num_chips": num_chips,
       "per_chip_hbm_bytes": int(per_chip),
       "hbm_capacity_bytes": int(capacity),
       "fits": bool(per_chip <= capacity),
-      # Analytic forward+backward FLOPs of the whole step (MaxText's accounting, as used for MFU).
-      "flops_per_step": config.flops_per_token(seq_len) * global_batch * seq_len,
+      # Analytic FLOPs of the whole step (for a decoder MaxText's accounting, as MFU uses).
+      "flops_per_step": analytic_flops_per_step,
       # The compiler's count: per device for the SPMD program, times the chips.
       "compiler_flops_per_step": flops_per_chip * num_chips,
       # XLA's count of HBM bytes read and written, per device, times the chips.
       "compiler_bytes_per_step": bytes_per_chip * num_chips,
-      **roofline(flops_per_chip, bytes_per_chip,
-                 config.flops_per_token(seq_len) * global_batch * seq_len / num_chips, chip),
+      **roofline(flops_per_chip, bytes_per_chip, analytic_flops_per_step / num_chips, chip),
       "argument_bytes": int(mem.argument_size_in_bytes),
       "temp_bytes": int(mem.temp_size_in_bytes),
       "output_bytes": int(mem.output_size_in_bytes),
       "alias_bytes": int(mem.alias_size_in_bytes),
-      "num_params": config.num_params(),
-      "global_batch": global_batch,
-      "seq_len": seq_len,
+      "num_params": num_params,
+      **extra,
       "compile_s": round(compile_s, 2),
   }
+
+
+def decoder_report(compiled, *, config, global_batch: int, seq_len: int, **kwargs):
+  result = report(compiled, analytic_flops_per_step=(
+      config.flops_per_token(seq_len) * global_batch * seq_len), num_params=config.num_params(),
+                  global_batch=global_batch, seq_len=seq_len, **kwargs)
   if build.llm_config(config).scan_layers:
     result["compiler_flops_note"] = ("layers are scanned: XLA's cost analysis counts the loop "
                                      "body once, so compiler_flops_per_step undercounts")
@@ -216,9 +223,9 @@ def compile_for_topology(config: DecoderConfig, mesh_config, topology: str, glob
   mesh = sharding.make_mesh(mesh_config, devices)
   start = time.time()
   compiled = compile_forward_backward(config, mesh, global_batch, seq_len)
-  return report(compiled, topology=topology, generation=generation, num_chips=len(devices),
-                config=config, global_batch=global_batch, seq_len=seq_len,
-                compile_s=time.time() - start)
+  return decoder_report(compiled, topology=topology, generation=generation,
+                        num_chips=len(devices), config=config, global_batch=global_batch,
+                        seq_len=seq_len, compile_s=time.time() - start)
 
 
 def compile_train_step_for_topology(experiment_config, topology: str) -> dict[str, Any]:
@@ -228,11 +235,123 @@ def compile_train_step_for_topology(experiment_config, topology: str) -> dict[st
   start = time.time()
   compiled = compile_train_step(experiment_config, mesh)
   model_config = build.config_from_dict(experiment_config.model.to_dict())
-  result = report(compiled, topology=topology, generation=generation, num_chips=len(devices),
-                  config=model_config, global_batch=experiment_config.global_batch,
-                  seq_len=experiment_config.seq_len, compile_s=time.time() - start)
+  result = decoder_report(compiled, topology=topology, generation=generation,
+                          num_chips=len(devices), config=model_config,
+                          global_batch=experiment_config.global_batch,
+                          seq_len=experiment_config.seq_len, compile_s=time.time() - start)
   result["program"] = "train_step"
   from unimodal_jax.train import batch_spec
   result["batch_fields"] = batch_spec.describe(batch_spec.batch_spec(experiment_config))
   result["grad_accum_steps"] = int(experiment_config.train.get("grad_accum_steps", 1))
   return result
+
+
+# ----------------------------------------------------------------------------- diffusion U-Net
+
+
+def _unet_batch(experiment_config, model_config, mesh):
+  """Abstract batch of the U-Net's training step: clean latents, noise, timesteps (the noising
+  happens inside the step, as training does it) and the condition sequence."""
+  b = int(experiment_config.global_batch)
+  sharding.check_batch_divisible(b, mesh, "global_batch")
+  size, channels = model_config.sample_size, model_config.in_channels
+  sh = lambda ndim: sharding.batch_sharding(mesh, ndim)
+  latents = jax.ShapeDtypeStruct((b, size, size, channels), jnp.float32, sharding=sh(4))
+  return {"latents": latents, "noise": latents,
+          "timesteps": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=sh(1)),
+          "condition": jax.ShapeDtypeStruct(
+              (b, model_config.condition_length, model_config.cross_attention_dim),
+              model_config.jnp_dtype, sharding=sh(3))}
+
+
+def _unet_loss(model, schedule, min_snr_gamma):
+  from unimodal_jax.diffusion import schedules
+
+  def loss(params, batch, condition):
+    noisy = schedules.add_noise(schedule, batch["latents"], batch["noise"], batch["timesteps"])
+    prediction = model.apply({"params": params}, noisy, batch["timesteps"], condition)
+    return schedules.diffusion_loss(schedule, prediction, batch["latents"], batch["noise"],
+                                    batch["timesteps"], min_snr_gamma or None)
+  return loss
+
+
+def compile_unet_step(experiment_config, mesh, program: str):
+  """A U-Net's training step for `mesh`. program 'forward_backward': weights frozen, the
+  gradient flows to the condition only (DreamLLM: on to the LLM); 'train_step': full
+  fine-tuning (forward, backward, AdamW, donated state). Returns (compiled, forward FLOPs)."""
+  from unimodal_jax.diffusion import schedules
+  from unimodal_jax.train import optimizer
+  from unimodal_jax.train.state import state_shardings
+  from unimodal_jax.train.step import make_loss_step
+
+  model_config = build.config_from_dict(experiment_config.model.to_dict())
+  model = build.build(model_config)
+  schedule = schedules.make_schedule(**experiment_config.schedule.to_dict())
+  loss = _unet_loss(model, schedule, float(experiment_config.get("min_snr_gamma", 0.0)))
+  batch = _unet_batch(experiment_config, model_config, mesh)
+  boxed = sharding.abstract_params(model, model_config)
+  param_sh = sharding.param_shardings(boxed, mesh)
+  params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        nn.meta.unbox(boxed), param_sh)
+  batch_sh = {k: v.sharding for k, v in batch.items()}
+  forward_flops = _forward_flops(model, model_config, batch)
+  if program not in ("forward_backward", "train_step"):
+    raise ValueError(f"program={program!r}; a U-Net compiles 'forward_backward' or 'train_step'")
+  if program == "forward_backward":
+    step = jax.jit(jax.value_and_grad(loss, argnums=2),
+                   in_shardings=(param_sh, batch_sh, batch_sh["condition"]),
+                   out_shardings=(NamedSharding(mesh, P()), batch_sh["condition"]))
+    with sharding.activation_sharding(mesh):
+      return step.lower(params, batch, batch["condition"]).compile(), forward_flops
+  if "train" not in experiment_config or "optimizer" not in experiment_config:
+    raise ValueError("program 'train_step' needs the config's train and optimizer sections "
+                     "(e.g. experiments/dreamllm/sd21_base.py:finetune)")
+  tx, schedules_ = optimizer.build(experiment_config.optimizer.to_dict(), params,
+                                   int(experiment_config.train.steps))
+  abstract_state, state_sh = state_shardings(model, model_config, tx, mesh)
+
+  def loss_fn(p, model_state, b, rng):
+    del rng
+    return loss(p, b, b["condition"]), ({}, model_state)
+
+  step = jax.jit(make_loss_step(loss_fn, tx, schedules_), in_shardings=(state_sh, batch_sh),
+                 out_shardings=(state_sh, None), donate_argnums=(0,))
+  with sharding.activation_sharding(mesh):
+    return step.lower(abstract_state, batch).compile(), forward_flops
+
+
+def _forward_flops(model, model_config, batch) -> float:
+  """The U-Net forward's FLOPs over the global batch, from XLA's count of the unsharded program
+  (lowered, not compiled: no U-Net layer is scanned, so the count is exact)."""
+  params = nn.meta.unbox(jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a),
+                                        *model_config.example_inputs())["params"])
+  strip = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+  args = (jax.tree.map(strip, params), strip(batch["latents"]), strip(batch["timesteps"]),
+          strip(batch["condition"]))
+  cost = jax.jit(lambda p, x, t, c: model.apply({"params": p}, x, t, c)).lower(*args
+                                                                              ).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def compile_unet_for_topology(experiment_config, topology: str, program: str) -> dict[str, Any]:
+  """The U-Net's step (frozen or fine-tuning) on a TPU topology: the report dict. Analytic
+  FLOPs: forward x 3 with weight gradients, x 2 without (the backward through activations)."""
+  generation, devices = topology_devices(topology)
+  mesh = sharding.make_mesh(experiment_config.mesh.to_dict(), devices)
+  start = time.time()
+  compiled, forward_flops = compile_unet_step(experiment_config, mesh, program)
+  model_config = build.config_from_dict(experiment_config.model.to_dict())
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
+      nn.meta.unbox(sharding.abstract_params(build.build(model_config), model_config))))
+  return report(compiled, topology=topology, generation=generation, num_chips=len(devices),
+                analytic_flops_per_step=forward_flops * (3 if program == "train_step" else 2),
+                num_params=num_params, compile_s=time.time() - start, program=program,
+                # Whether attention runs in the Pallas kernel (a Mosaic custom call on TPU).
+                fused_attention="tpu_custom_call" in compiled.as_text(),
+                weights="trained" if program == "train_step" else "frozen",
+                global_batch=int(experiment_config.global_batch),
+                latent_shape=[model_config.sample_size, model_config.sample_size,
+                              model_config.in_channels],
+                condition_shape=[model_config.condition_length,
+                                 model_config.cross_attention_dim])

@@ -180,11 +180,9 @@ def _flatten(tree: dict, prefix=()) -> dict:
 def abstract_params(config) -> dict:
   """{path: ShapeDtypeStruct} of a config's params."""
   import flax.linen as nn
+  from unimodal_jax import sharding
   from unimodal_jax.models import build
-  model = build.build(config)
-  inputs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in config.example_inputs()]
-  shapes = jax.eval_shape(lambda *a: model.init(jax.random.key(0), *a), *inputs)
-  return _flatten(nn.meta.unbox(shapes)["params"])
+  return _flatten(nn.meta.unbox(sharding.abstract_params(build.build(config), config)))
 
 
 def params_from_diffusers(reader, config, dtype=None) -> dict:

@@ -30,10 +30,13 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
-    ("conv_window", None),  # a conv kernel's height and width
+    ("conv_height", None),  # a conv kernel's window
+    ("conv_width", None),
     # activations
     ("act_batch", BATCH_AXES),
     ("act_length", None),
+    ("act_height", None),  # an image's rows and columns (U-Net, VAE)
+    ("act_width", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_mlp", "tensor"),

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from unimodal_jax.models.attention import full_attention
 
-CONV_AXES = ("conv_window", "conv_window", "embed", "mlp")
-ACT_IMAGE = ("act_batch", "act_length", "act_length", "act_embed")  # [B, H, W, C]
+CONV_AXES = ("conv_height", "conv_width", "embed", "mlp")
+ACT_IMAGE = ("act_batch", "act_height", "act_width", "act_embed")  # [B, H, W, C]
 
 
 def _kernel(axes, init=nn.initializers.lecun_normal()):

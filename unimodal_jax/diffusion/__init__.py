@@ -1,0 +1,1 @@
+"""Stable Diffusion's noise schedules, training targets and samplers in pure JAX."""
