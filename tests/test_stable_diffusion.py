@@ -221,3 +221,37 @@ def test_remat_keeps_the_gradients():
   plain, remat = grads("none"), grads("full")
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_sd21_base_shapes_equal_diffusers():
+  """experiments/dreamllm/sd21_base.py written out as a diffusers config builds (on torch's meta
+  device: no memory) a U-Net with exactly our parameter names and shapes: 865.9M parameters."""
+  from experiments.dreamllm import sd21_base
+  config = unet_lib.UNetConfig.from_dict(sd21_base.get_config().model.to_dict())
+  hf_config = hf_diffusers.config_to_diffusers(config)
+  with torch.device("meta"):
+    ref = diffusers.UNet2DConditionModel.from_config(hf_config)
+  theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+  ours = {"/".join(path): tuple(x.shape) for path, x in hf_diffusers.abstract_params(
+      config).items()}
+  converted = {"/".join(hf_diffusers.to_ours(hf_diffusers.path_of(name), np.empty(shape, np.int8),
+                                             len(shape))[0]): None
+               for name, shape in theirs.items()}
+  assert set(converted) == set(ours)
+  total = sum(int(np.prod(s)) for s in theirs.values())
+  assert total == sum(int(np.prod(s)) for s in ours.values())
+  assert 865e6 < total < 866e6
+
+
+def test_sharded_weights_convert(tmp_path):
+  """diffusion_pytorch_model.safetensors.index.json with several shards reads like one file."""
+  torch.manual_seed(0)
+  ref = _perturb(diffusers.AutoencoderKL(**VAE_SMALL).eval(), 3)
+  ref.save_pretrained(str(tmp_path / "hf"), safe_serialization=True, max_shard_size="300KB")
+  assert os.path.exists(tmp_path / "hf" / "diffusion_pytorch_model.safetensors.index.json")
+  config = hf_diffusers.convert(str(tmp_path / "hf"), str(tmp_path / "ours"))
+  _, params = checkpoints.load_pretrained(str(tmp_path / "ours"))
+  state = _state(ref)
+  for name, value in hf_diffusers.params_to_diffusers(params):
+    np.testing.assert_array_equal(value, state[name], err_msg=name)
+  assert config.latent_channels == 4

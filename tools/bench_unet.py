@@ -4,7 +4,7 @@ machine, SD-2.x-style config, batch and starting weights.
     python tools/bench_unet.py [--batch 4 --sample_size 32 --channels 32,64,64 --heads 1,2,2
                                 --layers_per_block 1 --cross_attention_dim 128
                                 --condition_length 16 --norm_groups 32] [--mode full|frozen]
-                               [--steps 5 --repeats 5] [--no_compile]
+                               [--steps 5 --repeats 5] [--no_compile] [--ops]
 
 Both sides: float32, AdamW, epsilon-prediction loss (mean squared error between the U-Net's output
 on given noisy latents, timesteps and condition and the noise). The diffusers model is built
@@ -19,7 +19,8 @@ diffusers_steps_per_s, ratio_vs_diffusers, diffusers_compiled_steps_per_s,
 ratio_vs_diffusers_compiled, torch_compile_error, first_losses (each side's losses at steps 1 and
 2 of its warm-up), loss_rel_difference (ours vs diffusers there: both time the same computation),
 diffusers_compiled_loss_rel_difference (likewise), mode, torch_threads, omp_wait_policy, config,
-step_seconds_median.
+step_seconds_median. `--ops` prints instead where the time goes: each main op (3x3 conv,
+GroupNorm, attention), forward+backward, ours against torch at the first block's shape.
 """
 from __future__ import annotations
 
@@ -63,6 +64,9 @@ def _args(argv=None):
   p.add_argument("--steps", type=int, default=5, help="steps per timed round")
   p.add_argument("--repeats", type=int, default=5, help="timed rounds per side")
   p.add_argument("--no_compile", action="store_true", help="skip torch.compile")
+  p.add_argument("--ops", action="store_true",
+                 help="instead of the step: the profile by op (3x3 conv, GroupNorm, attention, "
+                      "each forward+backward at the first block's shape), both sides alternated")
   a = p.parse_args(argv)
   if len(a.heads) == 1:
     a.heads = a.heads * len(a.channels)
@@ -206,9 +210,65 @@ def _time(run, steps):
   return (time.perf_counter() - start) / steps
 
 
+def op_profile(a) -> dict:
+  """Median ms of the U-Net's main ops, forward+backward, ours (XLA:CPU) against torch, at the
+  first block's activation shape: where the step's time goes on each side."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from unimodal_jax.models import diffusion_blocks as blocks
+  from unimodal_jax.models.attention import full_attention
+  b, s, c = a.batch, a.sample_size, a.channels[0]
+  heads = a.heads[0]
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((b, s, s, c), np.float32)
+  w = rng.standard_normal((3, 3, c, c), np.float32) * 0.05
+  q = rng.standard_normal((b, s * s, heads, c // heads), np.float32)
+  norm = blocks.group_norm(min(a.norm_groups, c), 1e-5, dtype=jnp.float32,
+                           param_dtype=jnp.float32, name=None)
+  norm_params = norm.init(jax.random.key(0), x)
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = {
+      "conv3x3": (jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), (0, 1))), (x, w)),
+      "group_norm": (jax.jit(jax.grad(lambda p, x: jnp.sum(norm.apply(p, x) ** 2), (0, 1))),
+                     (norm_params, x)),
+      "attention": (jax.jit(jax.grad(lambda q: jnp.sum(full_attention(q, q, q, impl="xla") ** 2))),
+                    (q,)),
+  }
+  xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  wt = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
+  qt = torch.tensor(q.transpose(0, 2, 1, 3), requires_grad=True)
+  gn = torch.nn.GroupNorm(min(a.norm_groups, c), c)
+  theirs = {
+      "conv3x3": lambda: (torch.nn.functional.conv2d(xt, wt, padding=1) ** 2).sum().backward(),
+      "group_norm": lambda: (gn(xt) ** 2).sum().backward(),
+      "attention": lambda: (torch.nn.functional.scaled_dot_product_attention(qt, qt, qt) ** 2
+                            ).sum().backward(),
+  }
+  result = {}
+  for name, (fn, args) in ours.items():
+    run_ours = lambda: jax.block_until_ready(fn(*args))
+    run_ours(), theirs[name]()
+    t_ours, t_theirs = [], []
+    for _ in range(a.repeats):
+      t_ours.append(_time(run_ours, a.steps))
+      t_theirs.append(_time(theirs[name], a.steps))
+    result[name] = {"ours_ms": round(1e3 * statistics.median(t_ours), 3),
+                    "torch_ms": round(1e3 * statistics.median(t_theirs), 3)}
+    result[name]["ratio_torch_over_ours"] = round(
+        result[name]["torch_ms"] / result[name]["ours_ms"], 3)
+  return {"ops": result, "shape_bhwc": [b, s, s, c], "heads": heads}
+
+
 def main(argv=None):
   a = _args(argv)
   import torch
+  if a.ops:
+    result = op_profile(a)
+    print(json.dumps(result), flush=True)
+    return result
   batch = make_batch(a)
   sides = {"ours": jax_runner(a, batch), "diffusers": torch_runner(a, batch, compiled=False)}
   losses, compile_error = {}, None
