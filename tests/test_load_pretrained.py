@@ -12,7 +12,7 @@ import pytest
 from unimodal_jax import checkpoints, load_pretrained
 from unimodal_jax.models import build, clip, illume, vit
 from unimodal_jax.models import pixel_decoder as pdec
-from unimodal_jax.models import pixel_vq
+from unimodal_jax.models import pixel_vq, unet, vae
 from unimodal_jax.models import vision_tokenizer as vt
 from unimodal_jax.models.decoder_config import DecoderConfig
 
@@ -30,6 +30,16 @@ PIXELS = pdec.PixelDecoderConfig(architecture="conv", image_size=8, patch_size=2
 
 PIXEL_VQ = pixel_vq.PixelVQConfig(image_size=8, width=8, downsample=1, codebook_size=16,
                                   code_dim=4, quantizer={"ema_decay": 0.9})
+
+UNET = unet.UNetConfig(sample_size=8, block_out_channels=(8, 16),
+                       down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                       num_attention_heads=(2, 2), cross_attention_dim=8, condition_length=3,
+                       norm_num_groups=4, attention_impl="xla")
+VAE = vae.VAEConfig(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
+                    norm_num_groups=4, attention_impl="xla")
+LATENTS = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
+CONDITION = jax.random.normal(jax.random.key(4), (2, 3, 8))
 
 TOKENS = jnp.asarray([[1, 5, 7, 2]], jnp.int32)
 IMAGES = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
@@ -50,6 +60,10 @@ CASES = {
     "pixel_decoder": (PIXELS, (jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,)), FEATURES),
                       lambda m, p: m.apply({"params": p}, IMAGES * 2 - 1, jnp.full((2,), 0.3),
                                            FEATURES)),
+    "unet": (UNET, (LATENTS, jnp.zeros((2,), jnp.int32), CONDITION),
+             lambda m, p: m.apply({"params": p}, LATENTS, jnp.asarray([5, 900]), CONDITION)),
+    "vae": (VAE, (IMAGES,), lambda m, p: m.apply({"params": p}, IMAGES * 2 - 1,
+                                                 method="encode")[0]),
 }
 
 
