@@ -74,6 +74,7 @@ def test_roofline_picks_the_slower_of_compute_and_memory():
   assert memory_bound["roofline_mfu"] == pytest.approx(0.2)
 
 
+@pytest.mark.slow
 def test_tiny_train_step_compiles_with_optimizer_state():
   """The whole train step: arguments hold params + Adam's two moments (3x the params), donated
   to the outputs (aliased), and FSDP splits all of it over the chips."""
@@ -211,6 +212,7 @@ def _tiny_unet_experiment(finetune: bool):
   return config
 
 
+@pytest.mark.slow
 def test_frozen_unet_program_returns_only_the_condition_gradient():
   """DreamLLM's program: the U-Net's weights are inputs, not outputs (no weight gradients, no
   optimizer state); the only output besides the loss is d loss / d condition. The fine-tuning

@@ -103,6 +103,7 @@ def _save_diffusers(module, directory):
   return directory
 
 
+@pytest.mark.slow
 def test_convert_and_export_round_trip(tmp_path):
   """diffusers files -> convert_hf.py -> load_pretrained -> export_hf.py -> diffusers loads it
   and computes the same output."""

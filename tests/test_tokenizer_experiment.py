@@ -28,6 +28,7 @@ def _run(config: str, workdir, *flags):
   return json.loads((workdir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_tokenizer_experiment_micro(tmp_path):
   results = _run("tokenizer_shapes.py", tmp_path)
   assert results["world"] == "shapes"
@@ -41,6 +42,7 @@ def test_tokenizer_experiment_micro(tmp_path):
     assert os.listdir(tmp_path / phase), phase
 
 
+@pytest.mark.slow
 def test_digits_world_reads_its_scans_and_judges_them(tmp_path):
   """The digits counterpart (its own micro CLIP): the judge reads the clean held-out renders,
   and the reconstructions get a score in [0, 1] under the digits key."""

@@ -59,6 +59,7 @@ def _results(workdir):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_give_bit_identical_params(tmp_path, data_cache):
   steps = ["--config.train.steps=160", "--config.train.checkpoint_every=20"]
   _train(tmp_path / "straight", data_cache, *steps)
@@ -95,6 +96,7 @@ def test_nonfinite_losses_stop_the_run_with_a_checkpoint(tmp_path, data_cache):
   assert saved[-1] == results["step"]
 
 
+@pytest.mark.slow
 def test_resume_onto_another_mesh(tmp_path, data_cache):
   _train(tmp_path, data_cache, "--config.train.steps=20", "--config.mesh.data=2",
          "--config.mesh.fsdp=4", devices=8)
@@ -121,6 +123,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, data_cache):
   common = ["--config.train.steps=12", "--config.train.log_every=1", "--config.mesh.data=-1",
             "--config.train.checkpoint_every=6"]
@@ -216,6 +219,7 @@ def test_tiny_lm_experiment_learns(tmp_path):
   assert results["eval"]["loss"] < results["unigram_heldout_loss"] - 1.0, results
 
 
+@pytest.mark.slow
 def test_document_pipeline_resumes_with_the_next_batch(tmp_path):
   """The pipeline's iterator state goes through the checkpoint: 20 steps, stop, resume to 40
   equals 40 straight steps bit for bit."""
