@@ -60,17 +60,19 @@ CASES = {
     "pixel_decoder": (PIXELS, (jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,)), FEATURES),
                       lambda m, p: m.apply({"params": p}, IMAGES * 2 - 1, jnp.full((2,), 0.3),
                                            FEATURES)),
+    # Jitted: run op by op, a U-Net's many small convs take minutes.
     "unet": (UNET, (LATENTS, jnp.zeros((2,), jnp.int32), CONDITION),
-             lambda m, p: m.apply({"params": p}, LATENTS, jnp.asarray([5, 900]), CONDITION)),
-    "vae": (VAE, (IMAGES,), lambda m, p: m.apply({"params": p}, IMAGES * 2 - 1,
-                                                 method="encode")[0]),
+             lambda m, p: jax.jit(lambda p: m.apply({"params": p}, LATENTS, jnp.asarray([5, 900]),
+                                                     CONDITION))(p)),
+    "vae": (VAE, (IMAGES,), lambda m, p: jax.jit(
+        lambda p: m.apply({"params": p}, IMAGES * 2 - 1, method="encode")[0])(p)),
 }
 
 
 def _saved(kind, directory):
   config, init_args, apply = CASES[kind]
   model = build.build(config)
-  variables = nn.meta.unbox(model.init(jax.random.key(0), *init_args))
+  variables = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), *init_args))
   tree = variables if build.kind_of({"kind": kind}).variables else variables["params"]
   checkpoints.save_pretrained(str(directory), tree, config)
   return model, tree, apply
