@@ -1,5 +1,6 @@
 """The model shape flags the benchmark tools share (issue 8's config as defaults), and the
-DecoderConfig they describe."""
+DecoderConfig they describe, and the step timer they share."""
+import time
 
 
 def add_model_args(p):
@@ -17,3 +18,11 @@ def decoder_config(a, max_seq_len: int):
                        num_layers=a.layers, num_heads=a.heads,
                        num_kv_heads=a.kv_heads or a.heads, max_seq_len=max_seq_len,
                        rms_norm_eps=1e-6, attention_impl="auto")
+
+
+def seconds_per_step(run, steps: int) -> float:
+  """Mean wall seconds of `steps` calls of `run` (each call blocks until its step is done)."""
+  start = time.perf_counter()
+  for _ in range(steps):
+    run()
+  return (time.perf_counter() - start) / steps

@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,13 +99,6 @@ def torch_runner(a, tokens, compiled: bool):
   return run
 
 
-def _time(run, steps):
-  start = time.perf_counter()
-  for _ in range(steps):
-    run()
-  return (time.perf_counter() - start) / steps
-
-
 def main(argv=None):
   a = _args(argv)
   import numpy as np
@@ -128,7 +120,7 @@ def main(argv=None):
   times = {k: [] for k in sides}
   for r in range(a.repeats):
     for name, run in sides.items():
-      times[name].append(_time(run, a.steps))
+      times[name].append(bench_model_args.seconds_per_step(run, a.steps))
     print(f"round {r + 1}/{a.repeats}: " + ", ".join(
         f"{k} {a.batch * a.seq_len / v[-1]:,.0f} tok/s" for k, v in times.items()),
           file=sys.stderr, flush=True)

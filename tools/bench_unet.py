@@ -29,7 +29,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Before torch loads libgomp: its workers' spin-waiting on a CPU shared with other processes made
@@ -37,6 +36,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # contention instead of the computation. Set OMP_WAIT_POLICY=ACTIVE to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bench_model_args  # noqa: E402  (beside this file)
 
 MODES = ("full", "frozen")
 
@@ -203,13 +204,6 @@ def torch_runner(a, batch, compiled: bool):
   return run
 
 
-def _time(run, steps):
-  start = time.perf_counter()
-  for _ in range(steps):
-    run()
-  return (time.perf_counter() - start) / steps
-
-
 def op_profile(a) -> dict:
   """Median ms of the U-Net's main ops, forward+backward, ours (XLA:CPU) against torch, at the
   first block's activation shape: where the step's time goes on each side."""
@@ -253,8 +247,8 @@ def op_profile(a) -> dict:
     run_ours(), theirs[name]()
     t_ours, t_theirs = [], []
     for _ in range(a.repeats):
-      t_ours.append(_time(run_ours, a.steps))
-      t_theirs.append(_time(theirs[name], a.steps))
+      t_ours.append(bench_model_args.seconds_per_step(run_ours, a.steps))
+      t_theirs.append(bench_model_args.seconds_per_step(theirs[name], a.steps))
     result[name] = {"ours_ms": round(1e3 * statistics.median(t_ours), 3),
                     "torch_ms": round(1e3 * statistics.median(t_theirs), 3)}
     result[name]["ratio_torch_over_ours"] = round(
@@ -284,7 +278,7 @@ def main(argv=None):
   times = {k: [] for k in sides}
   for r in range(a.repeats):
     for name, run in sides.items():
-      times[name].append(_time(run, a.steps))
+      times[name].append(bench_model_args.seconds_per_step(run, a.steps))
     print(f"round {r + 1}/{a.repeats}: " + ", ".join(
         f"{k} {1 / v[-1]:.2f} steps/s" for k, v in times.items()), file=sys.stderr, flush=True)
   rate = {k: 1 / statistics.median(v) for k, v in times.items()}
