@@ -113,7 +113,10 @@ def test_stage_configs_carry_table5(stage, expected, batch, steps):
   assert rates == expected
   assert config.global_batch == batch and config.train.steps == steps
   assert config.model.image_codes == 16_384 and config.data.format.tokens_per_image == 256
-  assert config.model.vision.image_size // config.model.vision.patch_size == 16
+  # ILLUME's base 448 px, 256 tokens per view (32 x 32 patches merged 2 x 2); stage 3 slices.
+  model_cfg = illume.IllumeConfig.from_dict(config.model.to_dict())
+  assert config.model.vision.image_size == 448 and model_cfg.tokens_per_image == 256
+  assert config.data.format.max_slices == (9 if stage == "stage3" else 0)
 
 
 def test_tiny_stage_overrides_cannot_unfreeze_a_table5_frozen_part():

@@ -41,7 +41,7 @@ def _decode(sp, vocab, ids, mask, keep):
   for t, m in zip(ids, mask):
     t = int(t)
     name = sp.id_to_piece(t) if t < vocab.text_size else (
-        ["<is>", "<ie>", "<p>", "<r>"][t - vocab.text_size] if t < vocab.image_offset
+        ["<is>", "<ie>", "<p>", "<sep>"][t - vocab.text_size] if t < vocab.image_offset
         else f"c{t - vocab.image_offset}")
     if keep(m):
       out.append(name)

@@ -2,7 +2,7 @@
 and compiling it (../shared/reference/papers.md: 256 tokens per image, 16,384 codes, 512 x 512
 output).
 
-  encoder     the CLIP-L/14-shaped tower of experiments/illume/illume7b.py (224 px, 16 x 16 patch
+  encoder     the CLIP-L/14-shaped tower of experiments/illume/illume7b.py at 224 px (16 x 16 patch
               tokens of width 1024, its penultimate layer, as the LLM reads it); convert real
               weights with tools/convert_hf.py (CLIP / SigLIP checkpoints)
   tokenizer   1024-d features -> 32-d cosine codes (16,384, EMA, dead-code restarts; ILLUME+
@@ -32,6 +32,7 @@ from experiments.illume import illume7b
 
 IMAGE_SIZE = 512  # pixels out
 TOKENS_PER_IMAGE = illume7b.TOKENS_PER_IMAGE  # 256 = 16 x 16
+ENCODER_SIZE = 224  # 224 px / 14 px patches = 16 x 16 features
 CODEBOOK_SIZE = 16_384
 
 
@@ -39,7 +40,9 @@ def get_config(arg=None):
   if arg not in (None, "", "pixel_decoder"):
     raise ValueError(f"experiments/illume/tokenizer.py: unknown variant {arg!r} (use "
                      "'pixel_decoder' or nothing)")
-  vision = illume7b.get_config(1).model.vision.to_dict()
+  # The MLLM's encoder at 224 px: 16 x 16 = 256 patch features to quantize, one per image token
+  # (the MLLM reads the same tower at 448 px, its 32 x 32 patches merged 2 x 2).
+  vision = dict(illume7b.get_config(1).model.vision.to_dict(), image_size=ENCODER_SIZE)
   c = ml_collections.ConfigDict()
   c.encoder = dict(vision=vision, feature_layer=-2)
   c.tokenizer = dict(codebook_size=CODEBOOK_SIZE, code_dim=32, decoder_hidden=1024,

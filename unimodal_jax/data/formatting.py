@@ -4,7 +4,8 @@ the pixels of the images the model reads.
 Every task becomes one token sequence in the unified vocabulary (vocab.py):
   - an image the model *reads* (understanding) is <image_start> <image_patch> x tokens_per_image
     <image_end>, never a target; the model puts the adapter's features at the patch slots,
-    in order, from `images`;
+    in order, from `images`; with `max_slices` > 1 a large image is read as a global view plus
+    a grid of slices (data/slicing.py), each view one entry of `images`;
   - an image the model *writes* (generation) is <image_start> codes... <image_end>, all targets
     (modality 'image'); its codes come from an `image_tokens` segment or the image tokenizer;
   - text is sentencepiece ids; which text is a target depends on the task:
@@ -26,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from unimodal_jax.data import documents, images
+from unimodal_jax.data import documents, images, slicing
 from unimodal_jax.data.vocab import Vocab
 
 TEXT, IMAGE = 0, 1  # target modality ids (train/losses.py MODALITIES)
@@ -35,9 +36,10 @@ TEXT, IMAGE = 0, 1  # target modality ids (train/losses.py MODALITIES)
 @dataclasses.dataclass(frozen=True)
 class FormatConfig:
   max_length: int = 512  # inputs per example (and per packed row)
-  image_size: int = 64  # pixels of images the model reads
-  tokens_per_image: int = 16  # <image_patch> slots per image read
-  max_images: int = 4  # images read per example (and per packed row)
+  image_size: int = 64  # pixels of images the model reads (of each view, when sliced)
+  tokens_per_image: int = 16  # <image_patch> slots per image read (per view, when sliced)
+  max_images: int = 4  # images (views, when sliced) read per example (and per packed row)
+  max_slices: int = 0  # >1: high-resolution reading, up to this many slices (ILLUME stage 3: 9)
   text_dropout: float = 0.1  # text_to_image: caption dropped (CFG's unconditional branch)
   system_prompt: str = ""
   user_prefix: str = "USER:"
@@ -73,17 +75,25 @@ class Formatter:
       seq.add(self.sp.encode(text), target)
 
   def _read_image(self, seq: _Sequence, segment: documents.Segment, where: str):
+    cfg = self.config
     if segment.type != "image":
       raise Skip("image to read has no pixels (image_tokens only)")
-    if len(seq.images) >= self.config.max_images:
-      raise Skip(f"more than {self.config.max_images} images to read")
     try:
-      seq.images.append(images.decode_resize(segment.image, self.config.image_size, where))
+      if cfg.max_slices > 1:
+        whole = images.decode_rgb(segment.image, where)
+        grid = slicing.choose_grid(whole.shape[0], whole.shape[1], cfg.image_size,
+                                   cfg.max_slices)
+        views = list(slicing.slice_views(whole, cfg.image_size, grid))
+      else:
+        grid, views = slicing.NO_SLICES, [images.decode_resize(segment.image, cfg.image_size,
+                                                               where)]
     except images.ImageError as e:
       raise Skip(f"undecodable image ({e})") from e
-    v = self.vocab
-    seq.add([v.image_start] + [v.image_patch] * self.config.tokens_per_image + [v.image_end],
-            target=False)
+    if len(seq.images) + len(views) > cfg.max_images:
+      raise Skip(f"more than {cfg.max_images} images to read"
+                 + (" (views: a global view and slices)" if cfg.max_slices > 1 else ""))
+    seq.images += views
+    seq.add(slicing.view_token_ids(self.vocab, cfg.tokens_per_image, grid), target=False)
 
   def _write_image(self, seq: _Sequence, segment: documents.Segment, where: str):
     if segment.type == "image_tokens":

@@ -11,6 +11,15 @@ class ImageError(ValueError):
   """An image that cannot be decoded; the message names where it came from."""
 
 
+def decode_rgb(data: bytes, where: str = "image") -> np.ndarray:
+  """Encoded bytes -> uint8 [H, W, 3] at the image's own size."""
+  try:
+    with Image.open(io.BytesIO(data)) as img:
+      return np.asarray(img.convert("RGB"), dtype=np.uint8)
+  except Exception as e:  # PIL raises many types for corrupt or truncated data
+    raise ImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
 def decode_resize(data: bytes, size: int, where: str = "image") -> np.ndarray:
   """Encoded bytes -> uint8 [size, size, 3]: shorter side resized to `size` (bicubic), then the
   center square cropped, so the aspect ratio is kept."""

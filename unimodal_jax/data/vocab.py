@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-# Opening and closing an image the model writes (discrete codes between them), and the slot of
-# one continuous image feature the model reads (understanding). The last is reserved.
-SPECIALS = ("<image_start>", "<image_end>", "<image_patch>", "<reserved_0>")
+# Opening and closing an image (codes between them when the model writes it, <image_patch> slots
+# when it reads it: the slot of one continuous image feature), and the separator that opens a row
+# of high-resolution slices of an image read (data/slicing.py).
+SPECIALS = ("<image_start>", "<image_end>", "<image_patch>", "<slice_sep>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,10 @@ class Vocab:
   @property
   def image_patch(self) -> int:
     return self.text_size + SPECIALS.index("<image_patch>")
+
+  @property
+  def slice_sep(self) -> int:
+    return self.text_size + SPECIALS.index("<slice_sep>")
 
   @property
   def image_offset(self) -> int:

@@ -16,7 +16,8 @@ Parameters (the names optimizer groups match, ILLUME Table 5):
 The unified vocabulary is data/vocab.py's: [text | 4 specials | image codes]; `llm.vocab_size`
 counts text + specials, `image_codes` the rest. The k-th <image_patch> token of a row takes the
 k-th patch feature of that row's images in order (the packing keeps images in sequence order), so
-every image read is `tokens_per_image` consecutive slots between <image_start> and <image_end>.
+every view read is `tokens_per_image` consecutive slots; a high-resolution image is several views
+(a global view and its slices, data/slicing.py) between <image_start> and <image_end>.
 
     model = Illume(config)
     params = model.init(rng, tokens)['params']                         # initializes every part
@@ -50,6 +51,10 @@ class IllumeConfig(ModelConfig):
   # Which ViT hidden state the model reads: -1 the last (what the semantic tokenizer quantizes),
   # -2 the penultimate (LLaVA's choice).
   feature_layer: int = -1
+  # k > 1: each k x k block of neighbouring patch features is concatenated into one token before
+  # the adapter (space-to-depth, InternVL's pixel shuffle), so a view takes num_patches / k**2
+  # slots: ILLUME's 256 tokens per 448 px slice from a 14 px-patch encoder's 32 x 32 grid.
+  token_merge: int = 1
 
   def __post_init__(self):
     if self.image_codes <= 0:
@@ -60,6 +65,9 @@ class IllumeConfig(ModelConfig):
     if not -self.vision.num_layers - 1 <= self.feature_layer < self.vision.num_layers + 1:
       raise ValueError(f"model.feature_layer={self.feature_layer} is not a hidden state of a "
                        f"{self.vision.num_layers}-layer ViT")
+    if self.token_merge < 1 or self.vision.grid_size % self.token_merge:
+      raise ValueError(f"model.token_merge={self.token_merge} must be a positive divisor of the "
+                       f"encoder's {self.vision.grid_size} x {self.vision.grid_size} patch grid")
 
   @property
   def vocab(self) -> Vocab:
@@ -75,7 +83,8 @@ class IllumeConfig(ModelConfig):
 
   @property
   def tokens_per_image(self) -> int:
-    return self.vision.num_patches
+    """<image_patch> slots per view read."""
+    return self.vision.num_patches // self.token_merge ** 2
 
   @property
   def hidden_size(self) -> int:
@@ -84,7 +93,7 @@ class IllumeConfig(ModelConfig):
   def num_params(self) -> int:
     e, v = self.llm.hidden_size, self.vision.hidden_size
     a = self.adapter_hidden or e
-    adapter = v * a + a + a * e + e
+    adapter = v * self.token_merge ** 2 * a + a + a * e + e
     return self.llm.num_params() + self.vision.num_params() + adapter + 2 * self.image_codes * e
 
   def flops_per_token(self, seq_len: int) -> float:
@@ -109,6 +118,17 @@ class VisionAdapter(nn.Module):
     x = dense(cfg.adapter_hidden or llm.hidden_size, "fc1", (None, "mlp"))(x)
     x = nn.gelu(x, approximate=False)
     return dense(llm.hidden_size, "fc2", ("mlp", "embed"))(x)
+
+
+def merge_tokens(patches, k: int):
+  """[N, g*g, C] row-major patch features -> [N, (g/k)**2, k*k*C]: each k x k block of
+  neighbours concatenated (row-major within the block) into one token; k=1 is the identity."""
+  if k == 1:
+    return patches
+  n, p, c = patches.shape
+  g = int(round(p ** 0.5))
+  x = patches.reshape(n, g // k, k, g // k, k, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, (g // k) ** 2, k * k * c)
 
 
 def splice_image_features(x, tokens, features, image_patch_id: int):
@@ -151,7 +171,7 @@ class Illume(nn.Module):
     out = self.vision_encoder(vit.normalize(flat), return_hidden_states=cfg.feature_layer != -1)
     hidden = out.last_hidden_state if cfg.feature_layer == -1 else out.hidden_states[
         cfg.feature_layer]
-    patches = hidden[:, int(cfg.vision.class_token):]
+    patches = merge_tokens(hidden[:, int(cfg.vision.class_token):], cfg.token_merge)
     feats = self.adapter(patches)
     return feats.reshape(lead + feats.shape[1:])
 
@@ -204,5 +224,5 @@ GROUP_PATTERNS = {
 }
 
 
-__all__ = ["IllumeConfig", "Illume", "VisionAdapter", "splice_image_features", "GROUP_PATTERNS",
+__all__ = ["IllumeConfig", "Illume", "VisionAdapter", "merge_tokens", "splice_image_features", "GROUP_PATTERNS",
            "KIND"]

@@ -73,17 +73,28 @@ def _cell(image: np.ndarray, caption: str, scale: int = 4, width: int = 30) -> I
   return cell
 
 
-def write_samples(path: str, generations, edits) -> None:
-  """A grid: prompts with their generated images, then edits (source | result) with their
-  instructions."""
-  cells = [_cell(im, p) for p, im in generations]
-  cells += [_cell(np.concatenate([pair[0], pair[1]], axis=1), ins) for ins, pair in edits]
-  if not cells:
+def write_samples(path: str, generations, edits, cols: int = 4) -> None:
+  """A grid: prompts with their generated images (`cols` per row), then edits (source | result,
+  twice as wide, half as many per row) with their instructions; each section packs its own
+  cells, so no cell is padded to another section's width."""
+  sections = [[_cell(im, p) for p, im in generations],
+              [_cell(np.concatenate([pair[0], pair[1]], axis=1), ins) for ins, pair in edits]]
+  sections = [cells for cells in sections if cells]
+  if not sections:
     return
-  cols = 4
-  w = max(c.width for c in cells)
-  h = max(c.height for c in cells)
-  grid = Image.new("RGB", (cols * w, ((len(cells) + cols - 1) // cols) * h), "white")
-  for i, c in enumerate(cells):
-    grid.paste(c, ((i % cols) * w, (i // cols) * h))
+  width = cols * max(c.width for c in sections[0]) if generations else (
+      max(1, cols // 2) * max(c.width for c in sections[0]))
+  blocks = []
+  for cells in sections:
+    w, h = max(c.width for c in cells), max(c.height for c in cells)
+    per_row = max(1, width // w)
+    block = Image.new("RGB", (width, ((len(cells) + per_row - 1) // per_row) * h), "white")
+    for i, c in enumerate(cells):
+      block.paste(c, ((i % per_row) * w, (i // per_row) * h))
+    blocks.append(block)
+  grid = Image.new("RGB", (width, sum(b.height for b in blocks)), "white")
+  y = 0
+  for b in blocks:
+    grid.paste(b, (0, y))
+    y += b.height
   grid.save(path)

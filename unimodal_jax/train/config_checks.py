@@ -47,7 +47,8 @@ def check_batch(config, mesh, process_count: int) -> None:
 
 
 def check_image_size(config, model_config) -> None:
-  """The pixels the data pipeline writes (data.format.image_size) are what the encoder reads."""
+  """The pixels the data pipeline writes (data.format.image_size) are what the encoder reads,
+  and its <image_patch> slots per view (data.format.tokens_per_image) what the model fills."""
   vision = getattr(model_config, "vision", None)
   if vision is None or config.data.get("kind", "lm_text") != "documents":
     return
@@ -55,3 +56,7 @@ def check_image_size(config, model_config) -> None:
   if "image_size" in fmt and int(fmt["image_size"]) != vision.image_size:
     raise ValueError(f"config.data.format.image_size={fmt['image_size']} differs from "
                      f"config.model.vision.image_size={vision.image_size}")
+  slots = getattr(model_config, "tokens_per_image", None)
+  if slots is not None and "tokens_per_image" in fmt and int(fmt["tokens_per_image"]) != slots:
+    raise ValueError(f"config.data.format.tokens_per_image={fmt['tokens_per_image']} differs from "
+                     f"the model's {slots} slots per view (vision grid / model.token_merge**2)")

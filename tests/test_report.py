@@ -1,0 +1,28 @@
+"""The main job's samples.png: each image above its prompt, the sections packed without gaps."""
+import numpy as np
+from PIL import Image
+
+from unimodal_jax.pipeline import report
+
+
+def test_samples_grid_has_no_empty_cells(tmp_path):
+  rng = np.random.default_rng(0)
+  gens = [(f"a photo of shape {i}", rng.integers(1, 255, (32, 32, 3), dtype=np.uint8))
+          for i in range(8)]
+  edits = [(f"edit {i}", rng.integers(1, 255, (2, 32, 32, 3), dtype=np.uint8)) for i in range(4)]
+  path = str(tmp_path / "samples.png")
+  report.write_samples(path, gens, edits)
+  grid = np.asarray(Image.open(path).convert("RGB"))
+  cell = report._cell(gens[0][1], gens[0][0])
+  edit_cell = report._cell(np.concatenate(list(edits[0][1]), axis=1), edits[0][0])
+  # 4 generations per row, 2 edits (twice as wide) per row: the same width, no padding.
+  assert edit_cell.width == 2 * cell.width
+  assert grid.shape[1] == 4 * cell.width
+  assert grid.shape[0] == 2 * cell.height + 2 * edit_cell.height
+  # Each image sits at the top left of its cell, its prompt under it: every cell holds its image.
+  for i, (_, im) in enumerate(gens):
+    x, y = (i % 4) * cell.width, (i // 4) * cell.height
+    np.testing.assert_array_equal(grid[y:y + 128:4, x:x + 128:4], im)
+  for i, (_, pair) in enumerate(edits):
+    x, y = (i % 2) * edit_cell.width, 2 * cell.height + (i // 2) * edit_cell.height
+    np.testing.assert_array_equal(grid[y:y + 128:4, x + 128:x + 256:4], pair[1])
