@@ -97,3 +97,27 @@ def test_a_workdir_of_another_run_identity_is_moved_aside(tmp_path):
   (stage / "x").write_text("b")
   fit._claim(str(stage), "fp-c", logs.append)  # a second change: a new name
   assert (tmp_path / "stage1.stale-2" / "x").read_text() == "b"
+
+
+@pytest.mark.slow
+def test_main_job_runs_on_the_shipped_parts(tmp_path):
+  """The default main job's tokenizer phase loads the parts shipped in the repository instead of
+  training them (here with the `:micro` stages): the phase records the shipped figures, every
+  later phase runs on the shipped codec (64 tokens per image), and the stages start from the
+  shipped CLIP."""
+  from experiments.tiny import illume_shapes
+  from unimodal_jax import pretrained
+  from unimodal_jax.pipeline import recipe
+  config = illume_shapes.get_config("micro")
+  full = illume_shapes.get_config()
+  config.tokenizer, config.pretrained = full.tokenizer, full.pretrained
+  logs = []
+  results = recipe.run(config, str(tmp_path), log=logs.append)
+  assert any("using the parts shipped in" in line for line in logs)
+  assert not (tmp_path / "tokenizer").exists()  # nothing trained
+  phases = json.load(open(tmp_path / "phases.json"))
+  manifest = pretrained.read_manifest(pretrained.directory_of(full.pretrained))
+  assert phases["tokenizer"]["figures"]["semantic_tokenizer"] == manifest["figures"][
+      "semantic_tokenizer"]
+  assert results["model"]["tokens_per_image"] == 64
+  assert results["model"]["image_codes"] == full.tokenizer.tokenizer.codebook_size

@@ -60,8 +60,8 @@ def test_unknown_world_is_named_in_the_error():
 
 
 def test_image_tokens_per_experiment_follow_the_clip_patch_size():
-  """The tokenizer experiment reads 4 px patches (64 tokens per image: shapes survive the
-  quantizer); the main job and the digits experiment keep 8 px patches (16 tokens)."""
+  """The tokenizer experiment and the main job read 4 px patches (64 tokens per image: shapes
+  survive the quantizer); the digits experiment keeps 8 px patches (16 tokens)."""
   import importlib
   clip_shapes = importlib.import_module("experiments.tiny.clip_shapes")
 
@@ -73,9 +73,9 @@ def test_image_tokens_per_experiment_follow_the_clip_patch_size():
              for name in ("tokenizer_shapes", "tokenizer_digits", "illume_shapes")}
   assert tokens(configs["tokenizer_shapes"]) == 64
   assert tokens(configs["tokenizer_digits"]) == 16
-  assert tokens(configs["illume_shapes"].tokenizer) == 16
+  assert tokens(configs["illume_shapes"].tokenizer) == 64
   assert configs["tokenizer_shapes"].tokenizer.codebook_size == 2048
-  assert configs["illume_shapes"].tokenizer.tokenizer.codebook_size == 512
+  assert configs["illume_shapes"].tokenizer.tokenizer.codebook_size == 2048
   with pytest.raises(ValueError, match="unknown variant 'patch2'"):
     clip_shapes.get_config("patch2")
 
@@ -135,3 +135,17 @@ def test_a_tokenizer_phase_killed_mid_run_resumes_bit_identically(tmp_path):
   assert (killed / "tokenizer.stale-1").is_dir() and (killed / "pixel_decoder.stale-1").is_dir()
   model, _ = load_pretrained(str(killed / "tokenizer"))
   assert model.config.code_dim == 8
+
+
+def test_save_pretrained_writes_a_scalar_host_param(tmp_path):
+  """A 0-d host array (a CLIP's logit scale) is written 0-d: the streaming writer once made it
+  1-d and the save failed."""
+  from unimodal_jax import checkpoints
+  from unimodal_jax.models import vit
+  config = vit.VitConfig(image_size=8, patch_size=4, hidden_size=8, intermediate_size=16,
+                         num_layers=1, num_heads=2)
+  params = {"w": np.arange(3, dtype=np.float32), "scale": np.asarray(2.5, np.float32)}
+  checkpoints.save_pretrained(str(tmp_path / "p"), params, config)
+  restored, _ = checkpoints.restore_params(str(tmp_path / "p"))
+  assert np.asarray(restored["scale"]).shape == () and float(restored["scale"]) == 2.5
+  np.testing.assert_array_equal(np.asarray(restored["w"]), params["w"])

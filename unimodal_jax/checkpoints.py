@@ -114,7 +114,10 @@ class _BoundedNumpyHandler(ocp.type_handlers.NumpyHandler):
       await self._condition.wait_for(lambda: self._in_flight + nbytes <= self._max_bytes)
       self._in_flight += nbytes
     try:
-      return await super()._open_and_write(np.ascontiguousarray(value), tspec, ts_context)
+      # np.require keeps a 0-d array 0-d (np.ascontiguousarray makes it 1-d: a CLIP's scalar
+      # logit scale failed to write).
+      return await super()._open_and_write(np.require(value, requirements="C"), tspec,
+                                           ts_context)
     finally:
       async with self._condition:
         self._in_flight -= nbytes
@@ -130,7 +133,8 @@ def _streaming_params_handler(concurrent_gb: float) -> ocp.PyTreeCheckpointHandl
 
 def save_pretrained(directory: str, params: dict, config: DecoderConfig, step: int = 0,
                     concurrent_gb: float = 1.0) -> None:
-  """Write params (+ model config) as `step` of an orbax CheckpointManager directory.
+  """Write params (+ model config: a config object, or the dict a checkpoint stored) as `step`
+  of an orbax CheckpointManager directory.
 
   Host arrays (numpy, including memory maps) stream to disk about `concurrent_gb` at a time.
   """
@@ -144,7 +148,8 @@ def save_pretrained(directory: str, params: dict, config: DecoderConfig, step: i
     # orbax skips (returns False) a step that is not newer than the directory's latest; unchecked,
     # a retrained model would be dropped and the old one read back as if it were the new one.
     saved = manager.save(step, args=ocp.args.Composite(
-        params=params_args, model_config=ocp.args.JsonSave(config.to_dict())))
+        params=params_args, model_config=ocp.args.JsonSave(
+            config.to_dict() if hasattr(config, "to_dict") else dict(config))))
     manager.wait_until_finished()
   if not saved:
     raise FileExistsError(f"{directory}: holds step {manager.latest_step()} already, so step "

@@ -1,6 +1,7 @@
 """The ILLUME recipe as resumable phases in one workdir (experiments/tiny/illume_shapes.py):
 
-    DIR/tokenizer/        CLIP + semantic tokenizer + pixel decoder (train/tokenizer.py)
+    DIR/tokenizer/        CLIP + semantic tokenizer + pixel decoder (train/tokenizer.py), unless
+                          config.pretrained names shipped ones (pretrained.py)
     DIR/data/             spm.model and one pre-tokenized shard directory per task
     DIR/stage1..3/        ILLUME training runs (train/loop.py workdirs)
     DIR/results.{md,json} DIR/samples.png
@@ -95,7 +96,10 @@ def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: 
       sources={task: {"path": os.path.join(data_dir, task), "weight": float(w)}
                for task, w in st.sources.items()},
       format=dict(config.format.to_dict(), tokens_per_image=tokens_per_image))
-  c.train = dict(defaults.train.to_dict(), steps=steps, seed=int(st.seed),
+  # config.seed shifts every stage's seed (init of new parts, data order, dropout): the spread
+  # of the stages at fixed shipped parts and data.
+  c.train = dict(defaults.train.to_dict(), steps=steps,
+                 seed=int(st.seed) + 100 * int(config.get("seed", 0)),
                  log_every=max(1, steps // int(defaults.logs_per_stage)), eval_every=steps,
                  checkpoint_every=max(1, steps // int(defaults.checkpoints_per_stage)),
                  init_from=init.get("init_from", ""), init_parts=init.get("init_parts", {}))
@@ -127,16 +131,32 @@ def run(config, workdir: str, *, log=print) -> dict:
     upstream_ran = True
     return False
 
-  # 1. Tokenizer: CLIP, semantic VQ, pixel decoder.
-  tok_dir = os.path.join(workdir, "tokenizer")
-  fp = _fingerprint(config.tokenizer.to_dict())
-  if not skip(1, "tokenizer", fp, tok_dir):
-    lg, t0 = progress.phase(1, "tokenizer"), time.time()
-    from unimodal_jax.train import tokenizer as tokenizer_lib
-    figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
-    finish("tokenizer", figures, t0, fp)
+  # 1. Tokenizer: CLIP, semantic VQ, pixel decoder; shipped (pretrained.py) or trained here.
+  from unimodal_jax import pretrained
+  shipped = str(config.get("pretrained", pretrained.NONE))
+  if shipped != pretrained.NONE:
+    tok_dir = pretrained.resolve(shipped, config.tokenizer)  # raises if trained with another
+    clip_workdir = ""
+    # The weights themselves: parts shipped again (retrained) make every later phase run again.
+    fp = _fingerprint([config.tokenizer.to_dict(), tok_dir] + [
+        pretrained.weights_digest(tok_dir, part) for part in pretrained.PARTS])
+    if not skip(1, "tokenizer", fp, tok_dir):
+      lg, t0 = progress.phase(1, "tokenizer", f"(shipped: {shipped})"), time.time()
+      manifest = pretrained.read_manifest(tok_dir)
+      lg(f"using the parts shipped in {tok_dir} ({manifest['made']}, made by "
+         f"{manifest['command']!r})")
+      finish("tokenizer", dict(manifest["figures"], pretrained=shipped), t0, fp)
+  else:
+    tok_dir = os.path.join(workdir, "tokenizer")
+    clip_workdir = config.tokenizer.encoder.clip_workdir
+    fp = _fingerprint(config.tokenizer.to_dict())
+    if not skip(1, "tokenizer", fp, tok_dir):
+      lg, t0 = progress.phase(1, "tokenizer"), time.time()
+      from unimodal_jax.train import tokenizer as tokenizer_lib
+      figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
+      finish("tokenizer", figures, t0, fp)
   from unimodal_jax.models.image_codec import ImageCodec
-  codec = ImageCodec.load(tok_dir, config.tokenizer.encoder.clip_workdir)
+  codec = ImageCodec.load(tok_dir, clip_workdir)
 
   # 2. Pre-tokenized data and the text tokenizer.
   data_dir = os.path.join(workdir, "data")
@@ -162,7 +182,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   from unimodal_jax.data import text_tokenizer
   sp = text_tokenizer.load(spm_path)
   model = model_dict(config, codec, sp.get_piece_size())
-  clip_dir = config.tokenizer.encoder.clip_workdir or os.path.join(tok_dir, "clip")
+  clip_dir = clip_workdir or os.path.join(tok_dir, "clip")
   previous = None
   for k, name in enumerate(("stage1", "stage2", "stage3"), start=3):
     stage_dir = os.path.join(workdir, name)

@@ -1,0 +1,94 @@
+"""The parts the main job ships (experiments/tiny/pretrained/shapes): made with exactly the main
+job's tokenizer config, each loadable by its kind with the recipe's shapes, and working: the
+tokenizer reconstructs held-out features and the codec draws what it was given."""
+import copy
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.tiny import illume_shapes
+from unimodal_jax import checkpoints, pretrained
+from unimodal_jax.models import build
+
+CONFIG = illume_shapes.get_config()
+DIR = pretrained.directory_of(CONFIG.pretrained)
+
+
+def test_manifest_records_the_main_jobs_tokenizer_config_and_how_it_was_made():
+  m = pretrained.read_manifest(DIR)
+  assert m["config_sha256"] == pretrained.config_sha256(CONFIG.tokenizer)
+  assert m["config"] == json.loads(json.dumps(CONFIG.tokenizer.to_dict()))
+  assert m["command"].startswith("python tools/ship_pretrained.py")
+  assert set(m["parts"]) == set(pretrained.PARTS)
+  for part, info in m["parts"].items():
+    assert info["bytes"] < 12e6, (part, info)  # small: every retrain adds to the history
+  # The figures it was shipped with: the judge finds the same objects in most reconstructions.
+  assert m["figures"]["semantic_tokenizer"]["judge_same_objects"] >= 0.8
+  assert m["figures"]["semantic_tokenizer"]["tokens_per_image"] == 64
+
+
+def test_each_part_loads_by_kind_with_the_recipes_shapes():
+  t = CONFIG.tokenizer
+  clip, _ = checkpoints.load_pretrained(f"{DIR}/clip")
+  assert clip.config.to_dict()["kind"] == "clip"
+  assert clip.config.vision.image_size == t.data.image_size
+  assert (clip.config.vision.image_size // clip.config.vision.patch_size) ** 2 == 64
+  tok, variables = checkpoints.load_pretrained(f"{DIR}/tokenizer")
+  assert set(variables) == {"params", "vq_stats"}  # the EMA codebook travels with it
+  for key in ("codebook_size", "code_dim", "decoder_hidden", "decoder_layers"):
+    assert getattr(tok.config, key) == t.tokenizer[key], key
+  assert tok.config.num_tokens == 64
+  pixels, _ = checkpoints.load_pretrained(f"{DIR}/pixel_decoder")
+  for key in ("architecture", "patch_size", "hidden_size", "num_layers", "cond_blocks"):
+    assert getattr(pixels.config, key) == t.pixel_decoder[key], key
+  assert pixels.config.cond_tokens == 64
+
+
+def test_shipped_codec_reconstructs_held_out_scenes():
+  """Held-out scenes (the eval seed): the quantized features keep their direction, and the
+  pixel decoder draws scenes in which the judge finds objects of the originals."""
+  from unimodal_jax.data.worlds import shapes
+  from unimodal_jax.eval import shapes_judge
+  from unimodal_jax.models.image_codec import ImageCodec
+  codec = ImageCodec.load(DIR)
+  docs = [shapes.make_document(int(CONFIG.data.eval_seed), i, "caption", size=32)
+          for i in range(16)]
+  images = np.stack([shapes.decode_image(d.segments[0].image) for d in docs])
+  feats = jax.jit(codec._features)(jnp.asarray(images))
+  recon = codec.decode_features(codec.tokenize(images))
+  cos = jnp.sum(feats * recon, -1) / (jnp.linalg.norm(feats, axis=-1)
+                                      * jnp.linalg.norm(recon, axis=-1))
+  assert float(cos.mean()) > 0.95
+  drawn = codec.detokenize(codec.tokenize(images), jax.random.key(0), steps=16)
+  found = [shapes_judge.same_objects(shapes_judge.detect(im),
+                                     shapes.scene_from_description(d.metadata["scene"]).objects)
+           for im, d in zip(drawn, docs)]
+  assert np.mean(found) >= 0.5
+
+
+def test_a_changed_recipe_is_refused_by_name(tmp_path):
+  changed = copy.deepcopy(CONFIG.tokenizer)
+  changed.tokenizer.codebook_size = 512
+  with pytest.raises(ValueError, match=r"tokenizer\.codebook_size.*pretrained=none"):
+    pretrained.resolve(CONFIG.pretrained, changed)
+  with pytest.raises(FileNotFoundError, match="MANIFEST.json"):
+    pretrained.resolve(str(tmp_path), CONFIG.tokenizer)
+  assert pretrained.resolve(CONFIG.pretrained, CONFIG.tokenizer) == DIR
+
+
+def test_weights_digest_follows_the_weights_not_the_files(tmp_path):
+  """Shipping the same weights again keeps the digest (a workdir's phases stay valid); a changed
+  weight changes it (they run again)."""
+  digest = pretrained.weights_digest(DIR, "tokenizer")
+  pretrained.ship(DIR, str(tmp_path / "again"), CONFIG.tokenizer, figures={}, command="test")
+  assert pretrained.weights_digest(str(tmp_path / "again"), "tokenizer") == digest
+  params, stored = checkpoints.restore_params(f"{DIR}/tokenizer")
+  params = jax.tree.map(np.asarray, params)
+  leaves, treedef = jax.tree.flatten(params)
+  leaves[0] = leaves[0] + np.asarray(1e-3, leaves[0].dtype)
+  checkpoints.save_pretrained(str(tmp_path / "changed" / "tokenizer"),
+                              jax.tree.unflatten(treedef, leaves), stored)
+  assert pretrained.weights_digest(str(tmp_path / "changed"), "tokenizer") != digest
