@@ -141,6 +141,7 @@ def test_train_step_with_kernels_compiles_for_v5p():
   assert "tpu_custom_call" in hlo.as_text()
 
 
+@pytest.mark.slow
 def test_aot_tool_prints_json_last(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "tools", "aot_compile.py"),

@@ -20,7 +20,8 @@ TINY = ["--batch", "2", "--sample_size", "8", "--channels", "32,32", "--heads", 
         "--norm_groups", "8", "--steps", "1", "--repeats", "1", "--no_compile"]
 
 
-@pytest.mark.parametrize("mode", bench_unet.MODES)
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.slow) if m == "full" else m
+                                  for m in bench_unet.MODES])
 def test_report_and_equal_losses(mode):
   r = bench_unet.main(TINY + ["--mode", mode])
   for key in ("steps_per_s", "diffusers_steps_per_s", "ratio_vs_diffusers"):

@@ -17,9 +17,9 @@ def _normal(rng, shape, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("length,block_q,heads,kv_heads", [
-    (64, 16, 4, 4),   # blocks divide the length
-    (50, 16, 4, 2),   # a ragged last block, grouped-query heads
-    (37, 64, 6, 1),   # one block longer than the sequence, multi-query
+    pytest.param(64, 16, 4, 4, marks=pytest.mark.slow),  # blocks divide the length
+    pytest.param(50, 16, 4, 2, marks=pytest.mark.slow),  # ragged last block, grouped-query
+    pytest.param(37, 64, 6, 1, marks=pytest.mark.slow),  # one block longer than the sequence
 ])
 def test_blockwise_attention_matches_reference(length, block_q, heads, kv_heads):
   rng = np.random.default_rng(length)

@@ -43,7 +43,7 @@ def test_attention_matches_numpy_reference(heads, kv_heads):
   np.testing.assert_allclose(got, _numpy_attention(q, k, v, seg, seg), atol=2e-6)
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_kv_cache_decoding_equals_full_forward(scan):
   config = tiny_config(scan_layers=scan)
   model, params = init_params(config)
@@ -86,8 +86,11 @@ def test_scanned_and_unrolled_layers_agree():
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), back, params))
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch", "qkv_and_attention"])
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan,policy", [
+    # The default suite keeps one policy per layer layout; the others run with -m slow.
+    pytest.param(scan, policy, marks=() if (scan, policy) in ((True, "full"), (False, "dots"))
+                 else pytest.mark.slow)
+    for scan in (False, True) for policy in ("full", "dots", "dots_no_batch", "qkv_and_attention")])
 def test_remat_policies_keep_loss_and_grads(policy, scan):
   config = tiny_config(scan_layers=scan)
   _, params = init_params(config)
@@ -157,6 +160,7 @@ def test_config_errors_name_the_field():
     model.apply({"params": params})
 
 
+@pytest.mark.slow
 def test_fused_attention_path_matches_xla():
   """attention_impl='pallas' (the flash-attention kernel, interpret mode on CPU) gives the XLA
   path's logits and gradients, packed segments included."""

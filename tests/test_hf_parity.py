@@ -75,6 +75,7 @@ def test_converted_logits_match_transformers(tmp_path, family, overrides):
   assert np.abs(ours - ref).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_convert_check_logits_flag(tmp_path):
   hf = _hf_model("qwen2", seed=7)
   hf.save_pretrained(tmp_path / "hf")

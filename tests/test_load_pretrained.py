@@ -78,7 +78,10 @@ def _saved(kind, directory):
   return model, tree, apply
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+# The kinds slowest to build run with -m slow (a U-Net or a VAE compiles for ~30 s here).
+@pytest.mark.parametrize("kind", [
+    pytest.param(k, marks=pytest.mark.slow) if k in ("unet", "vae", "pixel_vq", "pixel_decoder")
+    else k for k in sorted(CASES)])
 def test_each_kind_loads_as_itself(kind, tmp_path):
   model, tree, apply = _saved(kind, tmp_path / kind)
   loaded_model, loaded = load_pretrained(str(tmp_path / kind))

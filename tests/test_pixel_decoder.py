@@ -15,7 +15,10 @@ CFG = pd.PixelDecoderConfig(architecture="dit", image_size=8, patch_size=4, hidd
 # The conv denoiser needs a square grid of condition tokens: one token is a 1 x 1 grid.
 CONV_CFG = pd.PixelDecoderConfig(architecture="conv", image_size=8, patch_size=2, hidden_size=16,
                                  num_layers=2, cond_blocks=1, cond_dim=8, cond_tokens=1)
-BOTH = pytest.mark.parametrize("cfg", [CFG, CONV_CFG], ids=["dit", "conv"])
+# Both architectures; the DiT compiles slowly here, so the default suite runs the conv decoder
+# (the shipped one) and -m slow the DiT.
+BOTH_DIT_SLOW = pytest.mark.parametrize(
+    "cfg", [pytest.param(CFG, id="dit", marks=pytest.mark.slow), pytest.param(CONV_CFG, id="conv")])
 
 
 def test_euler_sampler_reaches_the_data_with_the_exact_velocity():
@@ -41,7 +44,7 @@ def _init(cfg=CFG):
   return decoder, params
 
 
-@BOTH
+@BOTH_DIT_SLOW
 def test_guidance_identities(cfg):
   decoder, params = _init(cfg)
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(2), p.shape),
@@ -57,7 +60,7 @@ def test_guidance_identities(cfg):
     np.testing.assert_allclose(v, v_null + w * (v_cond - v_null), atol=1e-5)
 
 
-@BOTH
+@BOTH_DIT_SLOW
 def test_learns_a_conditional_distribution(cfg):
   """Two conditions, each owning one solid-color image: after training, samples for each
   condition have that condition's color (guidance sharpens it)."""
@@ -115,7 +118,7 @@ def test_spatial_condition_lands_on_the_patches_of_its_cell():
   assert np.abs(cell0 - centre).max() < np.abs(cell0 - patches0[3, 3]).max()
 
 
-@BOTH
+@BOTH_DIT_SLOW
 def test_sampler_shapes_and_determinism(cfg):
   decoder, params = _init(cfg)
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(5), p.shape),

@@ -3,6 +3,7 @@ job's tokenizer config, each loadable by its kind with the recipe's shapes, and 
 tokenizer reconstructs held-out features and the codec draws what it was given."""
 import copy
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,17 @@ def test_manifest_records_the_main_jobs_tokenizer_config_and_how_it_was_made():
   # The figures it was shipped with: the judge finds the same objects in most reconstructions.
   assert m["figures"]["semantic_tokenizer"]["judge_same_objects"] >= 0.8
   assert m["figures"]["semantic_tokenizer"]["tokens_per_image"] == 64
+
+
+def test_the_recipes_hash_does_not_depend_on_where_the_repository_lies():
+  """CI clones elsewhere than /work/main: a path written into the config would change its
+  sha256 there and refuse the shipped parts. Paths in the recipe are relative to the root."""
+  def strings(d):
+    for v in d.values():
+      yield from strings(v) if isinstance(v, dict) else ([v] if isinstance(v, str) else [])
+  absolute = [s for s in strings(CONFIG.tokenizer.to_dict()) if s.startswith("/")]
+  assert not absolute, absolute
+  assert os.path.exists(pretrained.directory_of(CONFIG.tokenizer.encoder.clip_config))
 
 
 def test_each_part_loads_by_kind_with_the_recipes_shapes():

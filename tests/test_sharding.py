@@ -34,7 +34,7 @@ def _sharded_params(config, mesh):
   return model, params, shardings, jax.device_put(params, shardings)
 
 
-@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_forward_on_2x2x2_mesh_equals_single_device(scan):
   config = tiny_config(num_heads=8, num_kv_heads=4, head_dim=8, hidden_size=64,
                        intermediate_size=96, vocab_size=128, scan_layers=scan)

@@ -56,7 +56,7 @@ def test_summary_runs_a_forward_pass():
 @pytest.mark.parametrize("config,kind,count", [
     ("experiments/tiny/lm.py:micro", "decoder", None),
     ("experiments/tiny/clip_shapes.py:micro", "clip", None),
-    ("experiments/illume/stage2.py", "illume", "7.20B"),
+    ("experiments/illume/stage2.py", "illume", "7.21B"),
 ])
 def test_summary_takes_any_model_kind(config, kind, count):
   """`python -m unimodal_jax.summary` reads the config's model kind and lists its parameters

@@ -79,6 +79,7 @@ def test_training_reconstructs_features():
   assert cosine > 0.8
 
 
+@pytest.mark.slow
 def test_pixel_vq_baseline_shapes_and_learning():
   cfg = pixel_vq.PixelVQConfig(image_size=16, width=16, downsample=2, codebook_size=32,
                                code_dim=8)

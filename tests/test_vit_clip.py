@@ -325,6 +325,7 @@ def _train(workdir, *args):
        f"--workdir={workdir}", *args[1:]], capture_output=True, text=True, env=env, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_contrastive_trainer_runs_end_to_end(tmp_path):
   proc = _train(tmp_path / "run", ":micro")
   assert proc.returncode == 0, proc.stderr[-3000:]

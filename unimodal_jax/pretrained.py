@@ -31,7 +31,8 @@ def config_sha256(tokenizer_config) -> str:
 
 
 def directory_of(path: str) -> str:
-  """A config's pretrained path: absolute, or relative to the repository root."""
+  """A path written in a config: absolute, or relative to the repository root (so a config's
+  hash does not depend on where the repository was cloned)."""
   return path if os.path.isabs(path) else os.path.join(REPO_ROOT, path)
 
 

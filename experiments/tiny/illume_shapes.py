@@ -22,14 +22,12 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               DIR/results.md, DIR/results.json and DIR/samples.png
 `:micro` runs every phase in a few seconds each (for tests; its figures mean nothing).
 """
-import os
 
 import ml_collections
 
 from experiments.illume import table5
 from experiments.tiny import tokenizer_shapes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 PRETRAINED = "experiments/tiny/pretrained/shapes"  # relative to the repository root
 
 

@@ -21,11 +21,7 @@ decoder conditioned on the CLIP's unquantized features judges 0.97. The same exp
 patches (16 tokens per image, 512 codes) reached 0.26: a small shape then spans parts of several
 patches and its kind does not survive the quantizer.
 """
-import os
-
 import ml_collections
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _train(steps, batch_size, log_every, learning_rate=1e-3):
@@ -44,7 +40,9 @@ def get_config(arg=None):
     raise ValueError(f"experiments/tiny/tokenizer_shapes.py: unknown variant {arg!r}")
   micro = arg == "micro"
   c = ml_collections.ConfigDict()
-  c.encoder = dict(clip_config=os.path.join(HERE, "clip_shapes.py"),
+  # Relative to the repository root, so the config's sha256 (pretrained.py) is the same in
+  # every clone.
+  c.encoder = dict(clip_config="experiments/tiny/clip_shapes.py",
                    # 4 px patches: 64 tokens per image. With 8 px patches (16 tokens) a small
                    # shape spans parts of several patches and its kind does not survive the
                    # quantizer: the judge found 0.26 of the objects, against 0.73 with 64 tokens.

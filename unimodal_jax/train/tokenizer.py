@@ -160,7 +160,9 @@ def run(config, workdir: str, *, log=print) -> dict:
   if not _completed(clip_dir):  # trains it, or resumes a killed run
     from unimodal_jax.train import contrastive
     import importlib.util
-    spec = importlib.util.spec_from_file_location("clip_config", config.encoder.clip_config)
+    from unimodal_jax import pretrained
+    spec = importlib.util.spec_from_file_location(
+        "clip_config", pretrained.directory_of(config.encoder.clip_config))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     clip_cfg = module.get_config(config.encoder.clip_variant or None)
