@@ -12,7 +12,7 @@ from PIL import Image
 
 from unimodal_jax.data import documents as D
 from unimodal_jax.data import formatting, slicing
-from unimodal_jax.data.vocab import Vocab
+from unimodal_jax.data.vocab import SPECIALS, Vocab
 from unimodal_jax.models import illume, vit
 from unimodal_jax.models.decoder_config import DecoderConfig
 
@@ -113,8 +113,8 @@ def test_merge_tokens_concatenates_each_block_of_neighbours():
         np.testing.assert_array_equal(merged[n, by * (g // k) + bx], want)
 
 
-LLM = DecoderConfig(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=1,
-                    num_heads=4, num_kv_heads=2, attention_impl="xla")
+LLM = DecoderConfig(vocab_size=20 + len(SPECIALS), hidden_size=32, intermediate_size=64,
+                    num_layers=1, num_heads=4, num_kv_heads=2, attention_impl="xla")
 VISION = vit.VitConfig(image_size=16, patch_size=4, hidden_size=16, intermediate_size=32,
                        num_layers=1, num_heads=2)
 

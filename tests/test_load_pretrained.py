@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unimodal_jax import checkpoints, load_pretrained
-from unimodal_jax.models import build, clip, illume, vit
+from unimodal_jax.models import build, clip, dreamllm, illume, vit
 from unimodal_jax.models import pixel_decoder as pdec
 from unimodal_jax.models import pixel_vq, unet, vae
 from unimodal_jax.models import vision_tokenizer as vt
@@ -38,6 +38,12 @@ UNET = unet.UNetConfig(sample_size=8, block_out_channels=(8, 16),
                        norm_num_groups=4, attention_impl="xla")
 VAE = vae.VAEConfig(sample_size=8, block_out_channels=(8, 16), layers_per_block=1,
                     norm_num_groups=4, attention_impl="xla")
+DREAMLLM = dreamllm.DreamLLMConfig(
+    llm=LLM, vision=VISION, num_dream_queries=2, dream_image_size=8,
+    unet=unet.UNetConfig(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8,),
+                         down_block_types=("CrossAttnDownBlock2D",),
+                         up_block_types=("CrossAttnUpBlock2D",), layers_per_block=1,
+                         num_attention_heads=(2,), cross_attention_dim=8, norm_num_groups=4))
 LATENTS = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
 CONDITION = jax.random.normal(jax.random.key(4), (2, 3, 8))
 
@@ -64,6 +70,13 @@ CASES = {
     "unet": (UNET, (LATENTS, jnp.zeros((2,), jnp.int32), CONDITION),
              lambda m, p: jax.jit(lambda p: m.apply({"params": p}, LATENTS, jnp.asarray([5, 900]),
                                                      CONDITION))(p)),
+    # The LM's logits and the U-Net's prediction from the query states' condition.
+    "dreamllm": (DREAMLLM, (TOKENS,), lambda m, p: jax.jit(lambda p: jnp.concatenate([
+        m.apply({"params": p}, TOKENS).ravel(),
+        m.apply({"params": p}, IMAGES * 2 - 1, jnp.asarray([5, 900]),
+                m.apply({"params": p}, TOKENS, positions=jnp.arange(4)[None],
+                        segment_ids=jnp.ones_like(TOKENS), method="query_condition").repeat(
+                            2, 0), method="denoise").ravel()]))(p)),
     "vae": (VAE, (IMAGES,), lambda m, p: jax.jit(
         lambda p: m.apply({"params": p}, IMAGES * 2 - 1, method="encode")[0])(p)),
 }
@@ -80,7 +93,8 @@ def _saved(kind, directory):
 
 # The kinds slowest to build run with -m slow (a U-Net or a VAE compiles for ~30 s here).
 @pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=pytest.mark.slow) if k in ("unet", "vae", "pixel_vq", "pixel_decoder")
+    pytest.param(k, marks=pytest.mark.slow)
+    if k in ("unet", "vae", "pixel_vq", "pixel_decoder", "dreamllm")
     else k for k in sorted(CASES)])
 def test_each_kind_loads_as_itself(kind, tmp_path):
   model, tree, apply = _saved(kind, tmp_path / kind)

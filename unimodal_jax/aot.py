@@ -131,6 +131,7 @@ def compile_train_step(config, mesh):
   from unimodal_jax.train import batch_spec, config_checks, optimizer
   from unimodal_jax.train.state import state_shardings
   from unimodal_jax.train.step import make_train_step
+  from unimodal_jax.train.step import options as step_options
 
   model_config = build.config_from_dict(config.model.to_dict())
   config_checks.check_batch(config, mesh, process_count=1)
@@ -146,9 +147,7 @@ def compile_train_step(config, mesh):
            for k, v in batch_spec.batch_spec(config).items()}
   config_checks.check_image_size(config, model_config)
   step = jax.jit(
-      make_train_step(model, tx, frozen, schedules,
-                      grad_accum_steps=int(config.train.get("grad_accum_steps", 1)),
-                      z_loss_weight=float(config.train.get("z_loss_weight", 0.0))),
+      make_train_step(model, tx, frozen, schedules, **step_options(config.train)),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,))
   with sharding.activation_sharding(mesh):
     return step.lower(abstract_state, batch).compile()

@@ -16,6 +16,11 @@ edit instruction) masked equals the training sequence whose text was dropped.
                            guidance=2.0, uncond_mask=mask_without_caption, temperature=1.0,
                            top_k=64)          # [B, 256] codebook ids
 
+DreamLLM draws with the same prompt convention, the prompt ending with <dream_start> instead:
+
+    images = generate_dream_image(model, params, prompt, prompt_mask, rng, guidance=7.5,
+                                  uncond_mask=mask_without_caption, num_steps=50)  # uint8
+
 Everything here is a jitted function of arrays; the model, the sampling settings and the lengths
 are static.
 """
@@ -27,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from unimodal_jax.diffusion import schedules
 from unimodal_jax.models.decoder import init_cache
 
 
@@ -195,6 +201,40 @@ def generate_image(model, params, prompt, prompt_mask, rng, *, tokens_per_image:
   return toks.T - image_offset
 
 
+@functools.partial(jax.jit, static_argnames=("model", "num_steps", "sampler"))
+def generate_dream_image(model, params, prompt, prompt_mask, rng, *, guidance=7.5,
+                         uncond_mask=None, uncond_prompt=None, num_steps: int = 50,
+                         sampler: str = "ddim", images=None):
+  """uint8 images [B, S, S, 3] drawn by a DreamLLM (models/dreamllm.py).
+
+  The prompt must end with <dream_start> (the model emitted it, or the caller placed it). The
+  model's Q query slots are appended and one causal pass over prompt and queries gives their
+  states, the U-Net's condition: the LLM runs once per image, not once per denoising step. With
+  `uncond_mask` (the prompt mask with the condition's tokens zeroed: the training sequence whose
+  caption was dropped, data/formatting.py) the unconditional condition comes from a second pass,
+  and the U-Net sampler (diffusion/schedules.sample, DDIM or Euler) applies classifier-free
+  guidance; `uncond_prompt` as in generate_image."""
+  cfg = model.config
+  queries = jnp.full((prompt.shape[0], cfg.num_dream_queries), cfg.vocab.dream_query, jnp.int32)
+
+  def condition(tokens, mask):
+    tokens = jnp.concatenate([tokens, queries], axis=1)
+    mask = jnp.concatenate([mask.astype(jnp.int32), jnp.ones_like(queries)], axis=1)
+    return model.apply({"params": params}, tokens, positions=_positions(mask), segment_ids=mask,
+                       images=images, method="query_condition")
+
+  cond = condition(prompt, prompt_mask)
+  uncond = None
+  if uncond_mask is not None:
+    uncond = condition(prompt if uncond_prompt is None else uncond_prompt, uncond_mask)
+  noise = jax.random.normal(
+      rng, (prompt.shape[0], cfg.latent_size, cfg.latent_size, cfg.latent_channels), jnp.float32)
+  denoise = lambda x, t, c: model.apply({"params": params}, x, t, c, method="denoise")
+  samples = schedules.sample(denoise, cfg.schedule.make(), noise, cond, uncond, sampler=sampler,
+                             num_steps=num_steps, guidance_scale=guidance)
+  return model.apply({"params": params}, samples, method="decode_dream_samples")
+
+
 def left_pad(sequences, pad_id: int = 0, length: int | None = None):
   """Python lists of ids -> (tokens [B, L], mask [B, L]) left-padded numpy arrays."""
   import numpy as np
@@ -212,4 +252,4 @@ def left_pad(sequences, pad_id: int = 0, length: int | None = None):
 
 __all__ = ["SamplingConfig", "restrict_to_range", "guided_logits", "filter_logits",
            "sample_token", "prefill", "decode_step", "generate_text", "generate_image",
-           "left_pad"]
+           "generate_dream_image", "left_pad"]

@@ -1,8 +1,9 @@
 """Vicuna-7B (LLaMA architecture) with ILLUME's extended vocabulary, at sequence length 4,096.
 
 The LLM of both ILLUME and DreamLLM (../shared/reference/papers.md). Vocabulary: Vicuna's 32,000
-text tokens + 16,384 vision codes (ILLUME's codebook) + 4 special tokens (image start, image end,
-image-feature slot, padding) = 48,388. Shape from Vicuna-7B v1.5's config.json.
+text tokens + 16,384 vision codes (ILLUME's codebook) + 7 special tokens (data/vocab.py: image
+start and end, image-feature slot, slice separator, and DreamLLM's dream start, end and query
+slot) = 48,391. Shape from Vicuna-7B v1.5's config.json.
 
 Check that forward+backward fits a v5p-256 (128 chips) with FSDP, without a TPU:
   python tools/aot_compile.py --config=experiments/illume/vicuna7b.py --topology=v5p-256
@@ -12,7 +13,7 @@ import ml_collections
 
 TEXT_VOCAB = 32_000
 VISION_CODES = 16_384
-SPECIAL_TOKENS = 4
+SPECIAL_TOKENS = 7  # len(data/vocab.py SPECIALS)
 
 
 def get_config(arg=None):

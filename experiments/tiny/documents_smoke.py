@@ -25,7 +25,7 @@ def get_config(arg=None):
       tokenizer="", vocab_size=300, image_codes=0, cache_dir="",
       format={"image_size": 16, "tokens_per_image": 4, "max_images": 4, "text_dropout": 0.0},
       num_workers=0, strict=False))
-  c.model.vocab_size = 304  # 300 text + 4 special tokens
+  c.model.vocab_size = 307  # 300 text + 7 special tokens
   c.train.update(steps=40, eval_every=20, checkpoint_every=10, log_every=10)
   c.optimizer.update(schedule="constant", warmup_steps=0, learning_rate=3e-3)
   return c

@@ -8,6 +8,10 @@ Every task becomes one token sequence in the unified vocabulary (vocab.py):
     a grid of slices (data/slicing.py), each view one entry of `images`;
   - an image the model *writes* (generation) is <image_start> codes... <image_end>, all targets
     (modality 'image'); its codes come from an `image_tokens` segment or the image tokenizer;
+    with `dream_queries` > 0 (DreamLLM) it is instead <dream_start>* <dream_query> x
+    dream_queries <dream_end>, <dream_start> the only target (where an image goes), its pixels
+    in `dream_images` (what the diffusion loss draws); in an interleaved document the drawn
+    image is then read as well, so the text after it sees the real image (DreamLLM's layout);
   - text is sentencepiece ids; which text is a target depends on the task:
       caption        BOS [image] caption* EOS*                  (* = target)
       text_to_image  BOS caption [image*] EOS*                  (caption dropped with p=text_dropout
@@ -41,6 +45,10 @@ class FormatConfig:
   max_images: int = 4  # images (views, when sliced) read per example (and per packed row)
   max_slices: int = 0  # >1: high-resolution reading, up to this many slices (ILLUME stage 3: 9)
   text_dropout: float = 0.1  # text_to_image: caption dropped (CFG's unconditional branch)
+  # DreamLLM: > 0 writes images as <dream_start> + this many query slots + <dream_end>.
+  dream_queries: int = 0
+  dream_image_size: int = 0  # pixels of images drawn (0: image_size)
+  max_dream_images: int = 1  # images drawn per example (and per packed row)
   system_prompt: str = ""
   user_prefix: str = "USER:"
   assistant_prefix: str = "ASSISTANT:"
@@ -53,6 +61,7 @@ class Skip(Exception):
 class _Sequence:
   def __init__(self):
     self.tokens, self.target, self.modality, self.images = [], [], [], []
+    self.dream_images = []
 
   def add(self, ids, target: bool, modality: int = TEXT):
     ids = [int(i) for i in ids]
@@ -96,6 +105,8 @@ class Formatter:
     seq.add(slicing.view_token_ids(self.vocab, cfg.tokens_per_image, grid), target=False)
 
   def _write_image(self, seq: _Sequence, segment: documents.Segment, where: str):
+    if self.config.dream_queries:
+      return self._dream_image(seq, segment, where)
     if segment.type == "image_tokens":
       codes = np.asarray(segment.tokens)
     elif self.image_tokenizer is not None:
@@ -112,6 +123,21 @@ class Formatter:
     seq.add([v.image_start], True, IMAGE)
     seq.add(v.image_token(codes), True, IMAGE)
     seq.add([v.image_end], True, IMAGE)
+
+  def _dream_image(self, seq: _Sequence, segment: documents.Segment, where: str):
+    cfg, v = self.config, self.vocab
+    if segment.type != "image":
+      raise Skip("image to draw has no pixels (image_tokens only; DreamLLM draws pixels)")
+    if len(seq.dream_images) >= cfg.max_dream_images:
+      raise Skip(f"more than {cfg.max_dream_images} images to draw")
+    try:
+      pixels = images.decode_resize(segment.image, cfg.dream_image_size or cfg.image_size, where)
+    except images.ImageError as e:
+      raise Skip(f"undecodable image ({e})") from e
+    seq.dream_images.append(pixels)
+    seq.add([v.dream_start], True, IMAGE)
+    seq.add([v.dream_query] * cfg.dream_queries, False, IMAGE)
+    seq.add([v.dream_end], False, IMAGE)
 
   # -- tasks
   def _one(self, doc, type_):
@@ -170,6 +196,8 @@ class Formatter:
       if seg.type == "text":
         self._text(seq, seg.text, target=True)
       else:
+        if self.config.dream_queries:  # DreamLLM draws each image, then reads the real one
+          self._dream_image(seq, seg, where)
         self._read_image(seq, seg, where)
 
   def __call__(self, doc: documents.Document, rng=None, where: str = "") -> dict:
@@ -188,10 +216,15 @@ class Formatter:
     tokens = np.asarray(seq.tokens, np.int32)
     size = self.config.image_size
     pixels = (np.stack(seq.images) if seq.images else np.zeros((0, size, size, 3), np.uint8))
-    return {
+    example = {
         "inputs": tokens[:-1],
         "targets": tokens[1:],
         "target_mask": np.asarray(seq.target[1:], np.float32),
         "target_modality": np.asarray(seq.modality[1:], np.int32),
         "images": pixels,
     }
+    if self.config.dream_queries:
+      side = self.config.dream_image_size or size
+      example["dream_images"] = (np.stack(seq.dream_images) if seq.dream_images
+                                 else np.zeros((0, side, side, 3), np.uint8))
+    return example

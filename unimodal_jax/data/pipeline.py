@@ -12,7 +12,9 @@ set_state() go into the orbax checkpoint: a resumed run gets the very next batch
 
 A batch (numpy, per process): inputs, targets, target_mask, target_modality, segment_ids,
 positions [rows, max_length]; images [rows, max_images, size, size, 3] uint8 and
-image_segment_ids [rows, max_images] (0 = empty slot).
+image_segment_ids [rows, max_images] (0 = empty slot); for DreamLLM (format.dream_queries > 0)
+also the images drawn, dream_images [rows, max_dream_images, dream size, dream size, 3] uint8 and
+dream_image_segment_ids.
 """
 from __future__ import annotations
 
@@ -101,13 +103,17 @@ class _Indexed:
 
 
 def _to_batch(rows: dict) -> dict:
-  return {
+  batch = {
       **{k: rows[k] for k in SEQUENCE_FEATURES},
       "segment_ids": rows["inputs_segment_ids"],
       "positions": rows["inputs_positions"],
       "images": rows["images"],
       "image_segment_ids": rows["images_segment_ids"],
   }
+  if "dream_images" in rows:
+    batch["dream_images"] = rows["dream_images"]
+    batch["dream_image_segment_ids"] = rows["dream_images_segment_ids"]
+  return batch
 
 
 def source_examples(source: Source, transform, *, seed: int, process_index: int = 0,
@@ -147,6 +153,8 @@ def build(sources: Sequence[Source], formatter: Formatter, *, global_batch: int,
   local_batch = global_batch // process_count
   length = {k: cfg.max_length for k in SEQUENCE_FEATURES}
   length["images"] = cfg.max_images
+  if cfg.dream_queries:
+    length["dream_images"] = cfg.max_dream_images
   packed = grain.experimental.FirstFitPackIterDataset(
       mixed, length_struct=length, num_packing_bins=packing_bins or local_batch,
       seed=seed, shuffle_bins=False)

@@ -5,16 +5,20 @@
     [image_offset, image_offset + codes)    the vision tokenizer's codebook (ILLUME's
                                             "vision embed & head" rows)
 
-Vicuna-7B with ILLUME's codebook: 32,000 + 4 + 16,384 = 48,388 (experiments/illume/vicuna7b.py).
+One vocabulary serves both models, so one set of pre-tokenized documents trains either: ILLUME
+leaves the three dream rows unused, DreamLLM (image_codes = 0) the slice separator. Vicuna-7B with
+ILLUME's codebook: 32,000 + 7 + 16,384 = 48,391 (experiments/illume/vicuna7b.py).
 """
 from __future__ import annotations
 
 import dataclasses
 
-# Opening and closing an image (codes between them when the model writes it, <image_patch> slots
-# when it reads it: the slot of one continuous image feature), and the separator that opens a row
-# of high-resolution slices of an image read (data/slicing.py).
-SPECIALS = ("<image_start>", "<image_end>", "<image_patch>", "<slice_sep>")
+# Opening and closing an image (codes between them when ILLUME writes it, <image_patch> slots when
+# a model reads it: the slot of one continuous image feature), the separator that opens a row of
+# high-resolution slices of an image read (data/slicing.py), and DreamLLM's: <dream_start> (where
+# the model decides to draw), the slots of its learned dream queries, <dream_end>.
+SPECIALS = ("<image_start>", "<image_end>", "<image_patch>", "<slice_sep>",
+            "<dream_start>", "<dream_end>", "<dream_query>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,18 @@ class Vocab:
   @property
   def slice_sep(self) -> int:
     return self.text_size + SPECIALS.index("<slice_sep>")
+
+  @property
+  def dream_start(self) -> int:
+    return self.text_size + SPECIALS.index("<dream_start>")
+
+  @property
+  def dream_end(self) -> int:
+    return self.text_size + SPECIALS.index("<dream_end>")
+
+  @property
+  def dream_query(self) -> int:
+    return self.text_size + SPECIALS.index("<dream_query>")
 
   @property
   def image_offset(self) -> int:

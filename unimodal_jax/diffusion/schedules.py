@@ -20,12 +20,15 @@ Conventions shared with diffusers (and their SD configs), kept here on purpose:
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from unimodal_jax.models.model_config import ModelConfig
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -40,6 +43,29 @@ class DiffusionSchedule:
   alphas_cumprod: jax.Array
   num_train_timesteps: int = flax.struct.field(pytree_node=False, default=1000)
   prediction_type: str = flax.struct.field(pytree_node=False, default="epsilon")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(ModelConfig):
+  """A model config's DDPM schedule: make_schedule's arguments (defaults: SD-2.1-base's)."""
+  SECTION = "model.schedule"
+  num_train_timesteps: int = 1000
+  beta_start: float = 0.00085
+  beta_end: float = 0.012
+  beta_schedule: str = "scaled_linear"
+  prediction_type: str = "epsilon"
+
+  def __post_init__(self):
+    if self.beta_schedule not in BETA_SCHEDULES:
+      raise ValueError(f"{self.SECTION}.beta_schedule={self.beta_schedule!r}; expected one of "
+                       f"{BETA_SCHEDULES}")
+    if self.prediction_type not in PREDICTION_TYPES:
+      raise ValueError(f"{self.SECTION}.prediction_type={self.prediction_type!r}; expected one "
+                       f"of {PREDICTION_TYPES}")
+
+  def make(self) -> DiffusionSchedule:
+    return make_schedule(self.num_train_timesteps, self.beta_start, self.beta_end,
+                         self.beta_schedule, self.prediction_type)
 
 
 def _torch_linspace_f32(start: float, end: float, num: int) -> np.ndarray:

@@ -50,6 +50,8 @@ register("pixel_decoder", "unimodal_jax.models.pixel_decoder_config:PixelDecoder
          "unimodal_jax.models.pixel_decoder:PixelDecoder")
 register("unet", "unimodal_jax.models.unet:UNetConfig", "unimodal_jax.models.unet:UNet")
 register("vae", "unimodal_jax.models.vae:VAEConfig", "unimodal_jax.models.vae:VAE")
+register("dreamllm", "unimodal_jax.models.dreamllm:DreamLLMConfig",
+         "unimodal_jax.models.dreamllm:DreamLLM")
 
 
 def _import(path: str):

@@ -6,7 +6,7 @@ with its `kind`, and nests other configs.
     class FooConfig(ModelConfig):
       KIND = "foo"                      # written as "kind"; load_pretrained dispatches on it
       SECTION = "foo"                   # how error messages name the config
-      NESTED = {"bar": BarConfig}       # fields holding another config
+      NESTED = {"bar": BarConfig}       # fields holding another config (or None if optional)
       width: int = 8
 
 A kind whose model does not start from token ids overrides `example_inputs`.
@@ -45,7 +45,7 @@ class ModelConfig:
       raise ValueError(f"{cls.SECTION}.{required[0]} is missing (a {cls.__name__} needs "
                        f"{', '.join(required)})")
     for name, nested in cls.NESTED.items():
-      if not isinstance(d[name], nested):
+      if d.get(name) is not None and not isinstance(d[name], nested):
         d[name] = nested.from_dict(d[name])
     return cls(**d)
 

@@ -10,6 +10,9 @@ path, same image slots).
                                      segment_ids, positions                         [B, T]
                                      images [B, max_images, size, size, 3] uint8,
                                      image_segment_ids [B, max_images] (0 = empty slot)
+      and with format.dream_queries > 0 (DreamLLM), the images drawn:
+                                     dream_images [B, max_dream_images, S, S, 3] uint8,
+                                     dream_image_segment_ids [B, max_dream_images]
 B is config.global_batch (a process holds B / process_count rows), T is config.seq_len.
 """
 from __future__ import annotations
@@ -41,6 +44,11 @@ def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
         "images": ((rows[0], max_images, size, size, 3), np.uint8),
         "image_segment_ids": ((rows[0], max_images), np.int32),
     })
+    if int(fmt.get("dream_queries", 0)):
+      side = int(fmt.get("dream_image_size", 0)) or size
+      dreams = int(fmt.get("max_dream_images", 1))
+      spec.update({"dream_images": ((rows[0], dreams, side, side, 3), np.uint8),
+                   "dream_image_segment_ids": ((rows[0], dreams), np.int32)})
   return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 

@@ -60,3 +60,16 @@ def check_image_size(config, model_config) -> None:
   if slots is not None and "tokens_per_image" in fmt and int(fmt["tokens_per_image"]) != slots:
     raise ValueError(f"config.data.format.tokens_per_image={fmt['tokens_per_image']} differs from "
                      f"the model's {slots} slots per view (vision grid / model.token_merge**2)")
+  queries = getattr(model_config, "num_dream_queries", None)
+  if queries is not None:
+    if int(fmt.get("dream_queries", 0)) != queries:
+      raise ValueError(f"config.data.format.dream_queries={fmt.get('dream_queries', 0)} differs "
+                       f"from config.model.num_dream_queries={queries}: DreamLLM writes each "
+                       "image it draws as <dream_start> + that many query slots + <dream_end>")
+    side = int(fmt.get("dream_image_size", 0)) or int(fmt.get("image_size", 64))
+    if side != model_config.dream_image_size:
+      raise ValueError(f"config.data.format.dream_image_size={side} differs from "
+                       f"config.model.dream_image_size={model_config.dream_image_size}")
+  elif int(fmt.get("dream_queries", 0)):
+    raise ValueError(f"config.data.format.dream_queries={fmt['dream_queries']}, but a "
+                     f"{type(model_config).__name__} does not draw with dream queries")

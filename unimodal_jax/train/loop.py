@@ -20,6 +20,7 @@ from unimodal_jax.train import losses, optimizer
 from unimodal_jax.train import metrics as metrics_lib
 from unimodal_jax.train.state import init_state, state_shardings
 from unimodal_jax.train.step import make_eval_step, make_train_step
+from unimodal_jax.train.step import options as step_options
 
 EXIT_NONFINITE = 3
 NonFiniteStop = fit.NonFiniteStop
@@ -59,9 +60,7 @@ def run(config, workdir: str, *, log=metrics_lib.print_flushed,
 
   batch_sh = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
-      make_train_step(model, tx, frozen, schedules,
-                      grad_accum_steps=int(train_cfg.get("grad_accum_steps", 1)),
-                      z_loss_weight=float(train_cfg.get("z_loss_weight", 0.0))),
+      make_train_step(model, tx, frozen, schedules, **step_options(train_cfg)),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,))
   eval_fn = jax.jit(make_eval_step(model), in_shardings=(state_sh.params, batch_sh))
 
@@ -80,7 +79,10 @@ def run(config, workdir: str, *, log=metrics_lib.print_flushed,
     for b in eval_set:
       sums = eval_fn(params, b)
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return {k: float(v) for k, v in jax.device_get(losses.summarize(total)).items()}
+    opts = step_options(train_cfg)
+    summary = losses.summarize(total, opts["z_loss_weight"], lm_weight=opts["lm_loss_weight"],
+                               diffusion_weight=opts["diffusion_loss_weight"])
+    return {k: float(v) for k, v in jax.device_get(summary).items()}
 
   trainable = fit.Trainable(
       abstract_state=abstract_state, init_state=fresh_state, train_step=step_fn,

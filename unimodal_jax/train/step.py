@@ -6,6 +6,8 @@ forward + backward, then the update. The update (`apply_gradients`) is one for a
 optimizer update per parameter group, and the non-finite policy: if the loss or the gradient norm
 is NaN/inf the update is skipped (params, optimizer state and model state kept) and counted.
 Frozen parameters are wrapped in stop_gradient, so XLA never computes their weight gradients.
+A model that draws (DreamLLM) returns its diffusion sums beside the logits, and takes its random
+streams (`model.RNGS`) from the state's key folded with the step (and the microbatch).
 """
 from __future__ import annotations
 
@@ -20,6 +22,32 @@ from unimodal_jax.train.state import TrainState
 
 def _model_inputs(model, batch):
   return {k: batch[k] for k in build.batch_inputs(model) if k in batch}
+
+
+def options(train_config) -> dict:
+  """make_train_step's keyword options from a config's `train` section (one reading for the
+  loop, the AOT compiler and the benches)."""
+  get = train_config.get
+  return {"grad_accum_steps": int(get("grad_accum_steps", 1)),
+          "z_loss_weight": float(get("z_loss_weight", 0.0)),
+          "lm_loss_weight": float(get("lm_loss_weight", 1.0)),
+          "diffusion_loss_weight": float(get("diffusion_loss_weight", 1.0))}
+
+
+def loss_sums(model, params, batch, rng, z_loss_weight: float = 0.0) -> dict:
+  """One forward pass's loss sums: the LM's (losses.loss_sums) and the model's own (DreamLLM's
+  diffusion sums), its random streams drawn from `rng`."""
+  names = getattr(model, "RNGS", ())
+  rngs = {n: jax.random.fold_in(rng, i) for i, n in enumerate(names)} if names else None
+  out = model.apply({"params": params}, batch["inputs"], **_model_inputs(model, batch),
+                    rngs=rngs)
+  logits, extra = out if isinstance(out, tuple) else (out, {})
+  return {**losses.loss_sums(logits, batch, z_loss_weight), **extra}
+
+
+def _dream_images(batch):
+  ids = batch.get("dream_image_segment_ids")
+  return None if ids is None else jnp.sum((ids > 0).astype(jnp.float32))
 
 
 def _microbatches(batch, n: int):
@@ -77,15 +105,18 @@ def make_loss_step(loss_fn, tx, schedules, *, step_rng=None):
 
 
 def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
-                    z_loss_weight: float = 0.0):
-  """train_step(state, batch) -> (state, metrics)."""
+                    z_loss_weight: float = 0.0, lm_loss_weight: float = 1.0,
+                    diffusion_loss_weight: float = 1.0):
+  """train_step(state, batch) -> (state, metrics). The loss weights apply to a model that draws
+  (losses.objective); an LLM's loss is its cross entropy."""
+  weights = dict(lm_weight=lm_loss_weight, diffusion_weight=diffusion_loss_weight)
 
-  def sums_and_grads(params, batch, total_weight):
+  def sums_and_grads(params, batch, totals, rng):
     def objective(p):
       p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
-      logits = model.apply({"params": p}, batch["inputs"], **_model_inputs(model, batch))
-      sums = losses.loss_sums(logits, batch, z_loss_weight)
-      return losses.objective(sums, total_weight, z_loss_weight), sums
+      sums = loss_sums(model, p, batch, rng, z_loss_weight)
+      return losses.objective(sums, totals[0], z_loss_weight, total_dream_images=totals[1],
+                              **weights), sums
     (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return sums, grads
 
@@ -93,24 +124,29 @@ def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
     mask = batch.get("target_mask")
     total_weight = (jnp.sum(mask.astype(jnp.float32)) if mask is not None
                     else jnp.asarray(batch["targets"].size, jnp.float32))
+    totals = (total_weight, _dream_images(batch))
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if grad_accum_steps == 1:
-      sums, grads = sums_and_grads(state.params, batch, total_weight)
+      sums, grads = sums_and_grads(state.params, batch, totals, rng)
     else:
       micro = _microbatches(batch, grad_accum_steps)
       first = jax.tree.map(lambda x: x[0], micro)
-      sums_shape = jax.eval_shape(lambda: sums_and_grads(state.params, first, total_weight)[0])
+      sums_shape = jax.eval_shape(
+          lambda: sums_and_grads(state.params, first, totals, rng)[0])
       init = (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape),
               jax.tree.map(jnp.zeros_like, state.params))
 
-      def body(carry, mb):
-        s, g = sums_and_grads(state.params, mb, total_weight)
+      def body(carry, xs):
+        i, mb = xs
+        s, g = sums_and_grads(state.params, mb, totals, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (s, g)), None
 
-      (sums, grads), _ = jax.lax.scan(body, init, micro)
+      (sums, grads), _ = jax.lax.scan(body, init, (jnp.arange(grad_accum_steps), micro))
 
-    loss = losses.objective(sums, total_weight, z_loss_weight)
+    loss = losses.objective(sums, total_weight, z_loss_weight, total_dream_images=totals[1],
+                            **weights)
     new_state, update_metrics = apply_gradients(state, grads, loss, tx)
-    metrics = losses.summarize(sums, z_loss_weight)
+    metrics = losses.summarize(sums, z_loss_weight, **weights)
     metrics.update(update_metrics)
     for name, sched in schedules.items():
       metrics[f"lr/{name}"] = sched(state.step)
@@ -119,9 +155,10 @@ def make_train_step(model, tx, frozen, schedules, *, grad_accum_steps: int = 1,
   return train_step
 
 
-def make_eval_step(model, z_loss_weight: float = 0.0):
-  """eval_step(params, batch) -> loss sums (add them over batches, then losses.summarize)."""
+def make_eval_step(model, z_loss_weight: float = 0.0, seed: int = 0):
+  """eval_step(params, batch) -> loss sums (add them over batches, then losses.summarize). A
+  model's random streams (DreamLLM's noise) come from a fixed key: every evaluation of the same
+  params and batch gives the same figures."""
   def eval_step(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], **_model_inputs(model, batch))
-    return losses.loss_sums(logits, batch, z_loss_weight)
+    return loss_sums(model, params, batch, jax.random.key(seed), z_loss_weight)
   return eval_step
