@@ -30,10 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_model_args  # noqa: E402  (beside this file)
-
-
-def _ints(text: str) -> tuple:
-  return tuple(int(x) for x in text.split(","))
+from bench_unet import _ints, hf_config  # noqa: E402
 
 
 def _args(argv=None):
@@ -142,7 +139,6 @@ def torch_runner(a, cfg, batch):
   import diffusers
   import torch
   import transformers
-  from bench_unet import hf_config
   torch.manual_seed(0)
   v, e, q = cfg.vocab, a.hidden, a.queries
   llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
@@ -196,17 +192,8 @@ def main(argv=None):
   cfg = model_config(a)
   batch = make_batch(a, cfg)
   sides = {"ours": jax_runner(a, cfg, batch), "torch": torch_runner(a, cfg, batch)}
-  for run in sides.values():  # warm-up (and XLA compile)
-    run()
-    run()
-  times = {k: [] for k in sides}
   tokens = a.batch * a.seq_len
-  for r in range(a.repeats):
-    for name, run in sides.items():
-      times[name].append(bench_model_args.seconds_per_step(run, a.steps))
-    print(f"round {r + 1}/{a.repeats}: " + ", ".join(
-        f"{k} {tokens / v[-1]:,.0f} tok/s" for k, v in times.items()),
-          file=sys.stderr, flush=True)
+  times = bench_model_args.time_alternately(sides, a.repeats, a.steps, tokens)
   rate = {k: tokens / statistics.median(v) for k, v in times.items()}
   import torch
   print(json.dumps({

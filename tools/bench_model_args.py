@@ -20,6 +20,24 @@ def decoder_config(a, max_seq_len: int):
                        rms_norm_eps=1e-6, attention_impl="auto")
 
 
+def time_alternately(sides: dict, repeats: int, steps: int, tokens_per_step: int) -> dict:
+  """{side: [seconds per step of each round]}: two warm-up calls per side (XLA compiles), then
+  `repeats` rounds, each timing every side for `steps` steps in turn, so machine noise hits all
+  sides alike; a progress line per round on stderr."""
+  import sys
+  for run in sides.values():
+    run()
+    run()
+  times = {k: [] for k in sides}
+  for r in range(repeats):
+    for name, run in sides.items():
+      times[name].append(seconds_per_step(run, steps))
+    print(f"round {r + 1}/{repeats}: " + ", ".join(
+        f"{k} {tokens_per_step / v[-1]:,.0f} tok/s" for k, v in times.items()),
+          file=sys.stderr, flush=True)
+  return times
+
+
 def seconds_per_step(run, steps: int) -> float:
   """Mean wall seconds of `steps` calls of `run` (each call blocks until its step is done)."""
   start = time.perf_counter()

@@ -114,16 +114,7 @@ def main(argv=None):
       sides["hf_compiled"] = compiled
     except Exception as e:  # torch.compile needs a working C++ toolchain; report, do not fail
       compile_error = f"{type(e).__name__}: {str(e)[:200]}"
-  for run in sides.values():  # warm-up (and XLA compile)
-    run()
-    run()
-  times = {k: [] for k in sides}
-  for r in range(a.repeats):
-    for name, run in sides.items():
-      times[name].append(bench_model_args.seconds_per_step(run, a.steps))
-    print(f"round {r + 1}/{a.repeats}: " + ", ".join(
-        f"{k} {a.batch * a.seq_len / v[-1]:,.0f} tok/s" for k, v in times.items()),
-          file=sys.stderr, flush=True)
+  times = bench_model_args.time_alternately(sides, a.repeats, a.steps, a.batch * a.seq_len)
   peak = metrics.measure_peak_flops()
   tokens_per_step = a.batch * a.seq_len
   rate = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
