@@ -76,6 +76,24 @@ def test_config_refuses_what_cannot_work():
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), num_attention_heads=(2, 2)))
   again = dreamllm.DreamLLMConfig.from_dict(CONFIG.to_dict())
   assert again == CONFIG and again.schedule.prediction_type == "epsilon"
+  with pytest.raises(ValueError, match="model.pixel_patch=3"):
+    CONFIG.replace(pixel_patch=3)  # 8 px do not fold into 3 x 3 blocks
+
+
+def test_folded_pixels_are_a_lossless_latent_of_the_drawn_images():
+  """pixel_patch=2: the U-Net denoises 4 x 4 x 12 blocks of the 8 px images; the fold keeps each
+  block's pixels together and decoding unfolds exactly."""
+  folded = CONFIG.replace(pixel_patch=2, unet=CONFIG.unet.replace(
+      sample_size=4, in_channels=12, out_channels=12))
+  assert (folded.latent_size, folded.latent_channels) == (4, 12)
+  images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+  x = dreamllm.fold_pixels(dreamllm.to_unit_range(jnp.asarray(images)), folded.pixel_patch)
+  assert x.shape == (3, 4, 4, 12)
+  # The block at (1, 2) holds pixels [2:4, 4:6] in row-major order.
+  block = np.asarray(x[0, 1, 2]).reshape(2, 2, 3)
+  np.testing.assert_allclose(block, images[0, 2:4, 4:6] / 127.5 - 1.0, atol=1e-6)
+  back = np.asarray(dreamllm.unfold_pixels(x, folded.pixel_patch))
+  np.testing.assert_allclose(back, images / 127.5 - 1.0, atol=1e-6)
 
 
 def test_layout_only_dream_start_is_an_image_related_target():

@@ -1,6 +1,11 @@
-"""Train (or finish training) the main job's pretrained parts and ship them into the repository.
+"""Train (or finish training) a main job's pretrained parts and ship them into the repository.
 
     python tools/ship_pretrained.py --config=experiments/tiny/illume_shapes.py --workdir=DIR
+    python tools/ship_pretrained.py --config=experiments/tiny/dreamllm_shapes.py --workdir=DIR
+
+DreamLLM's config ships its diffusion decoder only (train/diffusion_decoder.py, on the text
+states of the CLIP at `encoder.clip_dir`, which ILLUME's shipped parts hold); the rest of this
+describes ILLUME's.
 
 Runs the config's tokenizer experiment (`config.tokenizer`: the CLIP, the semantic tokenizer and
 the pixel decoder, train/tokenizer.py) in DIR, resuming or reusing what DIR already holds, then
@@ -32,6 +37,10 @@ def main(argv):
   if os.path.exists(out) and not _REPLACE.value:
     raise SystemExit(f"error: {out} exists; pass --replace to ship over it")
   log = lambda *a: print(*a, flush=True)
+  command = "python tools/ship_pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+  if str(config.get("model_kind", "illume")) == "dreamllm":
+    _ship_dreamllm(config, out, command, log)
+    return
   results = tokenizer_lib.run(config.tokenizer, _WORKDIR.value, log=log)
   clip_dir = config.tokenizer.encoder.clip_workdir or os.path.join(_WORKDIR.value, "clip")
   # This call's seconds count only what it had left to do; each part's own results.json has
@@ -53,9 +62,30 @@ def main(argv):
   if os.path.exists(out):
     import shutil
     shutil.rmtree(out)
-  command = "python tools/ship_pretrained.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
   manifest = pretrained.ship(_WORKDIR.value, out, config.tokenizer, figures=figures,
                              command=command)
+  for part, info in manifest["parts"].items():
+    log(f"shipped {part}: {info['num_params']:,} params, {info['bytes'] / 1e6:.2f} MB")
+  print(json.dumps({k: v for k, v in manifest.items() if k != "config"}, sort_keys=True))
+
+
+def _ship_dreamllm(config, out, command, log):
+  from unimodal_jax import pretrained
+  from unimodal_jax.train import diffusion_decoder
+  clip_dir = pretrained.directory_of(str(config.encoder.clip_dir))
+  figures = diffusion_decoder.run(config.diffusion_decoder, _WORKDIR.value, clip_dir, log=log)
+  figures = {k: v for k, v in figures.items() if k != "wall_time_s"}
+  path = os.path.join(_WORKDIR.value, "diffusion_decoder", "results.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      r = json.load(f)
+    figures["training"] = {k: r[k] for k in ("wall_time_s", "step", "ex_per_s") if k in r}
+  figures["clip"] = str(config.encoder.clip_dir)
+  if os.path.exists(out):
+    import shutil
+    shutil.rmtree(out)
+  manifest = pretrained.ship(_WORKDIR.value, out, config.diffusion_decoder, figures=figures,
+                             command=command, parts=pretrained.DREAMLLM_PARTS)
   for part, info in manifest["parts"].items():
     log(f"shipped {part}: {info['num_params']:,} params, {info['bytes'] / 1e6:.2f} MB")
   print(json.dumps({k: v for k, v in manifest.items() if k != "config"}, sort_keys=True))

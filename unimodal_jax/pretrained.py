@@ -1,12 +1,14 @@
-"""Pretrained parts shipped in the repository: a semantic encoder (CLIP), the semantic tokenizer
-and its pixel decoder, trained once by their own experiment and loaded by the main job, as ILLUME
-starts its stages from pretrained parts.
+"""Pretrained parts shipped in the repository, trained once by their own experiment and loaded by
+the main jobs, as ILLUME and DreamLLM start their stages from pretrained parts. ILLUME's: a
+semantic encoder (CLIP, with its text tokenizer), the semantic tokenizer and its pixel decoder;
+DreamLLM's: its diffusion decoder (a U-Net pretrained on that CLIP's text states).
 
     DIR/MANIFEST.json    what the parts are: the config they were trained with and its sha256,
                          the command that made them, their figures, when, from which commit
     DIR/clip/            orbax model directories (step 0: params + model_config), each loadable
     DIR/tokenizer/       by `load_pretrained` and together by `ImageCodec.load(DIR)`
     DIR/pixel_decoder/
+    DIR/diffusion_decoder/   (DreamLLM's directory holds this one only: DREAMLLM_PARTS)
 
 `tools/ship_pretrained.py` writes such a directory from a training workdir; `resolve(DIR,
 tokenizer_config)` checks that the parts were trained with exactly `tokenizer_config` before a
@@ -20,6 +22,8 @@ import os
 
 MANIFEST = "MANIFEST.json"
 PARTS = ("clip", "tokenizer", "pixel_decoder")
+DREAMLLM_PARTS = ("diffusion_decoder",)
+EXTRA_FILES = ("tokenizer.model",)  # shipped beside a part's weights when its workdir has them
 NONE = "none"  # config.pretrained value that trains every part from scratch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +49,7 @@ def read_manifest(directory: str) -> dict:
     return json.load(f)
 
 
-def resolve(path: str, tokenizer_config) -> str:
+def resolve(path: str, tokenizer_config, parts=PARTS) -> str:
   """The directory of shipped parts at `path`, after checking that it holds every part and
   that they were trained with `tokenizer_config`; raises, naming the difference, otherwise."""
   directory = directory_of(path)
@@ -60,7 +64,7 @@ def resolve(path: str, tokenizer_config) -> str:
         f"trained with (sha256 {str(manifest.get('config_sha256'))[:12]}); differing keys: "
         f"{changed[:8]}. Train them with --config.pretrained={NONE}, or ship new ones with "
         "tools/ship_pretrained.py")
-  for part in PARTS:
+  for part in parts:
     if not os.path.isdir(os.path.join(directory, part)):
       raise FileNotFoundError(f"{os.path.join(directory, part)}: missing from the shipped parts")
   return directory
@@ -94,11 +98,13 @@ def _differences(a, b, prefix="") -> set[str]:
   return set() if a == b else {prefix.rstrip(".")}
 
 
-def ship(workdir: str, out: str, tokenizer_config, *, figures: dict, command: str) -> dict:
+def ship(workdir: str, out: str, tokenizer_config, *, figures: dict, command: str,
+         parts=PARTS) -> dict:
   """Copy the trained parts of `workdir` (a train/tokenizer.py workdir) into `out`: params and
   model config only (no optimizer state, no data iterator), with MANIFEST.json. Returns the
   manifest."""
   import datetime
+  import shutil
   import subprocess
 
   import jax
@@ -107,14 +113,17 @@ def ship(workdir: str, out: str, tokenizer_config, *, figures: dict, command: st
   from unimodal_jax import checkpoints
   if os.path.exists(out):
     raise FileExistsError(f"{out}: exists; remove it (git keeps the old parts) and ship again")
-  parts = {}
-  for part in PARTS:
+  shipped = {}
+  for part in parts:
     source = os.path.join(workdir, part)
     _, params = checkpoints.load_pretrained(source)
     stored_config = checkpoints.read_model_config(source)  # with its provenance
     params = jax.tree.map(np.asarray, params)
     checkpoints.save_pretrained(os.path.join(out, part), params, stored_config)
-    parts[part] = {"kind": stored_config.get("kind"),
+    for name in EXTRA_FILES:
+      if os.path.exists(os.path.join(source, name)):
+        shutil.copy(os.path.join(source, name), os.path.join(out, part, name))
+    shipped[part] = {"kind": stored_config.get("kind"),
                    "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
                    "bytes": _bytes(os.path.join(out, part))}
   try:
@@ -125,7 +134,7 @@ def ship(workdir: str, out: str, tokenizer_config, *, figures: dict, command: st
   manifest = {
       "config_sha256": config_sha256(tokenizer_config),
       "config": tokenizer_config.to_dict(),
-      "command": command, "figures": figures, "parts": parts,
+      "command": command, "figures": figures, "parts": shipped,
       "made": datetime.date.today().isoformat(), "commit": commit,
   }
   with open(os.path.join(out, MANIFEST), "w") as f:
@@ -138,5 +147,5 @@ def _bytes(directory: str) -> int:
              for f in files)
 
 
-__all__ = ["MANIFEST", "PARTS", "NONE", "config_sha256", "resolve", "read_manifest", "ship",
+__all__ = ["MANIFEST", "PARTS", "DREAMLLM_PARTS", "NONE", "config_sha256", "resolve", "read_manifest", "ship",
            "directory_of", "weights_digest"]

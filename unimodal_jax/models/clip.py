@@ -96,11 +96,13 @@ class ClipConfig(ModelConfig):
 
 
 class TextTransformer(nn.Module):
-  """Token ids [B, T] (right-padded with pad_id) -> pooled [B, hidden]."""
+  """Token ids [B, T] (right-padded with pad_id) -> pooled [B, hidden], or with pool=False the
+  final-norm states of every position [B, T, hidden] (a diffusion decoder's text condition, as
+  SD reads CLIP's)."""
   config: TextConfig
 
   @nn.compact
-  def __call__(self, tokens):
+  def __call__(self, tokens, pool: bool = True):
     cfg = self.config
     b, t = tokens.shape
     if t > cfg.max_len:
@@ -123,6 +125,8 @@ class TextTransformer(nn.Module):
     for i in range(cfg.num_layers):
       x = vit.EncoderLayer(cfg, name=f"layers_{i}")(x, mask=mask)
     x = vit.layer_norm(cfg, "final_norm")(x)
+    if not pool:
+      return x
     if cfg.pooling == "eos":
       last = jnp.maximum(jnp.sum(real, axis=1) - 1, 0)
       return x[jnp.arange(b), last]

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unimodal_jax.models import matmul_grad_conv
+
 from unimodal_jax.models.attention import full_attention
 
 CONV_AXES = ("conv_height", "conv_width", "embed", "mlp")
@@ -38,12 +40,14 @@ def _ones(axes):
 
 
 def conv(features, kernel_size=3, *, name=None, dtype, param_dtype, strides=1, padding=None):
-  """nn.Conv with the project's axes, named as diffusers names it (no wrapper level)."""
+  """nn.Conv with the project's axes, named as diffusers names it (no wrapper level); its kernel
+  gradient as the enclosing model chose (models/matmul_grad_conv.py)."""
   k = kernel_size
   pad = padding if padding is not None else [(k // 2, k // 2)] * 2
   return nn.Conv(features, (k, k), strides=(strides, strides), padding=pad, dtype=dtype,
                  param_dtype=param_dtype, kernel_init=_kernel(CONV_AXES),
-                 bias_init=_zeros(("mlp",)), name=name)
+                 bias_init=_zeros(("mlp",)), name=name,
+                 conv_general_dilated=matmul_grad_conv.selected())
 
 
 def dense(features, *, name, dtype, param_dtype, use_bias=True, axes=("embed", "mlp")):

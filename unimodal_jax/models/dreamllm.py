@@ -62,6 +62,10 @@ class DreamLLMConfig(ModelConfig):
   vision: vit.VitConfig
   unet: unet_lib.UNetConfig
   vae: vae_lib.VAEConfig | None = None  # None: the U-Net denoises pixels in [-1, 1]
+  # Without a VAE, the pixels folded into pixel_patch x pixel_patch blocks (space-to-depth: a
+  # lossless "latent" of S / p px and 3 p^2 channels, which a small U-Net denoises many times
+  # faster than S px on a CPU; fold_pixels).
+  pixel_patch: int = 1
   num_dream_queries: int = 64
   # Which ViT hidden state the model reads: -2, the penultimate (DreamLLM's and LLaVA's choice).
   feature_layer: int = -2
@@ -79,7 +83,13 @@ class DreamLLMConfig(ModelConfig):
     if not -self.vision.num_layers - 1 <= self.feature_layer < self.vision.num_layers + 1:
       raise ValueError(f"model.feature_layer={self.feature_layer} is not a hidden state of a "
                        f"{self.vision.num_layers}-layer ViT")
-    channels = self.vae.latent_channels if self.vae else 3
+    if self.pixel_patch < 1 or (self.vae and self.pixel_patch != 1):
+      raise ValueError(f"model.pixel_patch={self.pixel_patch}: a positive fold of the pixels, "
+                       "and 1 with a VAE (it makes the latents)")
+    if self.dream_image_size % self.pixel_patch:
+      raise ValueError(f"model.dream_image_size={self.dream_image_size} is not a multiple of "
+                       f"model.pixel_patch={self.pixel_patch}")
+    channels = self.latent_channels
     if self.unet.in_channels != channels or self.unet.out_channels != channels:
       raise ValueError(
           f"model.unet has {self.unet.in_channels} -> {self.unet.out_channels} channels; it "
@@ -110,11 +120,11 @@ class DreamLLMConfig(ModelConfig):
   @property
   def latent_size(self) -> int:
     """Height = width of what the U-Net denoises."""
-    return self.dream_image_size // (self.vae.downsample_factor if self.vae else 1)
+    return self.dream_image_size // (self.vae.downsample_factor if self.vae else self.pixel_patch)
 
   @property
   def latent_channels(self) -> int:
-    return self.vae.latent_channels if self.vae else 3
+    return self.vae.latent_channels if self.vae else 3 * self.pixel_patch ** 2
 
   def num_params(self) -> int:
     """The multimodal LLM's parameters: decoder, encoder, projectors, queries (the diffusion
@@ -152,6 +162,24 @@ def scatter_query_states(hidden, tokens, query_id: int, num_queries: int, max_dr
 def to_unit_range(images):
   """uint8 [..., H, W, 3] -> float32 in [-1, 1] (SD's Normalize(0.5, 0.5))."""
   return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def fold_pixels(x, patch: int):
+  """[N, S, S, C] -> [N, S/p, S/p, p*p*C] (space-to-depth; identity for p = 1)."""
+  if patch == 1:
+    return x
+  n, h, w, c = x.shape
+  x = x.reshape(n, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h // patch, w // patch, patch * patch * c)
+
+
+def unfold_pixels(x, patch: int):
+  """fold_pixels' inverse."""
+  if patch == 1:
+    return x
+  n, h, w, c = x.shape
+  x = x.reshape(n, h, w, patch, patch, c // patch ** 2).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * patch, w * patch, c // patch ** 2)
 
 
 class DreamLLM(nn.Module):
@@ -224,7 +252,7 @@ class DreamLLM(nn.Module):
     given rng, as SD trains; the mean otherwise), or the pixels in [-1, 1]."""
     x = to_unit_range(dream_images)
     if self.config.vae is None:
-      return x
+      return fold_pixels(x, self.config.pixel_patch)
     mean, logvar = self.vae.encode(x)
     z = mean if rng is None else vae_lib.sample_latent(mean, logvar, rng)
     return vae_lib.scale_latents(z.astype(jnp.float32), self.config.vae)
@@ -233,6 +261,8 @@ class DreamLLM(nn.Module):
     """The sampler's output -> uint8 images [N, S, S, 3]."""
     if self.config.vae is not None:
       samples = self.vae.decode(vae_lib.unscale_latents(samples, self.config.vae))
+    else:
+      samples = unfold_pixels(samples, self.config.pixel_patch)
     return vae_lib.to_uint8(samples.astype(jnp.float32))
 
   def diffusion_losses(self, dream_images, condition, noise, timesteps, latent_rng=None):

@@ -1,7 +1,8 @@
-"""Run a whole recipe: semantic encoder, tokenizer, pre-tokenized data, ILLUME stages 1-3 and the
-evaluation, resumable after a kill at any phase.
+"""Run a whole main job: its pretrained parts, data, stages 1-3 and the evaluation, resumable
+after a kill at any phase (pipeline/recipe.py).
 
     python -m unimodal_jax.pipeline --config=experiments/tiny/illume_shapes.py --workdir=DIR
+    python -m unimodal_jax.pipeline --config=experiments/tiny/dreamllm_shapes.py --workdir=DIR
 
 Writes DIR/results.md, DIR/results.json and DIR/samples.png (see the config's docstring).
 """
@@ -24,8 +25,9 @@ if __name__ == "__main__":
   add_experiments_root()  # configs import experiments.*
   from absl import app, flags
   from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "recipe config file, e.g. "
-                                            "experiments/tiny/illume_shapes.py")
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "recipe config file: "
+                                            "experiments/tiny/illume_shapes.py (ILLUME) or "
+                                            "experiments/tiny/dreamllm_shapes.py (DreamLLM)")
   _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (rerun to resume)")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

@@ -2,8 +2,9 @@
 
   understanding  POPE-style existence questions (random / popular / adversarial negatives),
                  counting, color and position questions: greedy answers, exact match
-  generation     GenEval-style prompts -> image codes (CFG, the prompt masked) -> pixel decoder
-                 -> the judge's verdict per category (shapes_judge.score)
+  generation     GenEval-style prompts -> a drawer -> the judge's verdict per category
+                 (shapes_judge.score). ILLUME's CodeDrawer: image codes (CFG, the prompt masked)
+                 -> pixel decoder; DreamLLM's DreamDrawer: the dream queries' states -> U-Net
   ceiling        the same prompts, scenes drawn to satisfy them -> tokenize -> pixel decoder ->
                  the judge: what a model that always wrote a right scene's codes would score,
                  i.e. how much of the generation score the tokenizer leaves reachable
@@ -106,34 +107,78 @@ class ImageSampling:
   pixel_guidance: float = 2.0
 
 
-def _generate_codes(model, params, config, formatter, conds, unconds, rng, s: ImageSampling,
-                    batch: int):
-  """Codes for prompts (token lists ending before <image_start>, with their images)."""
-  v = formatter.vocab
-  size = formatter.config.image_size
-  out = []
-  for n, idx in enumerate(_batches(len(conds), batch)):
-    cp = [conds[j][0] + [v.image_start] for j in idx]
-    up = [unconds[j][0] + [v.image_start] for j in idx]
-    length = max(len(x) for x in cp + up)
-    tokens, mask = sampling.left_pad(cp, length=length)
-    utokens, umask = sampling.left_pad(up, length=length)
-    ims = [conds[j][1] for j in idx]
-    images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
-    out.append(np.asarray(sampling.generate_image(
-        model, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.fold_in(rng, n),
-        tokens_per_image=config.tokens_per_image, image_offset=v.image_offset,
-        image_codes=v.image_codes, guidance=s.guidance, uncond_mask=jnp.asarray(umask),
-        uncond_prompt=jnp.asarray(utokens), temperature=s.temperature, top_k=s.top_k,
-        top_p=s.top_p, images=images)))
-  return np.concatenate(out)
+class CodeDrawer:
+  """ILLUME draws: image codes sampled after <image_start> with classifier-free guidance (the
+  prompt masked), then the pixel decoder (codec.detokenize)."""
+
+  def __init__(self, model, params, config, formatter, codec, s: ImageSampling, batch: int = 32):
+    self.model, self.params, self.config, self.formatter = model, params, config, formatter
+    self.codec, self.s, self.batch = codec, s, batch
+
+  def placeholder(self, role: str = "") -> Segment:
+    """The segment an image to draw takes in a prompt document (cut off before it)."""
+    return Segment.of_image_tokens([0] * self.config.tokens_per_image, role=role)
+
+  def __call__(self, conds, unconds, seed: int) -> np.ndarray:
+    """uint8 images for prompts (token lists ending before the image, with their images)."""
+    v, s = self.formatter.vocab, self.s
+    size = self.formatter.config.image_size
+    rng = jax.random.key(seed)
+    out = []
+    for n, idx in enumerate(_batches(len(conds), self.batch)):
+      cp = [conds[j][0] + [v.image_start] for j in idx]
+      up = [unconds[j][0] + [v.image_start] for j in idx]
+      length = max(len(x) for x in cp + up)
+      tokens, mask = sampling.left_pad(cp, length=length)
+      utokens, umask = sampling.left_pad(up, length=length)
+      ims = [conds[j][1] for j in idx]
+      images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
+      out.append(np.asarray(sampling.generate_image(
+          self.model, self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          jax.random.fold_in(rng, n), tokens_per_image=self.config.tokens_per_image,
+          image_offset=v.image_offset, image_codes=v.image_codes, guidance=s.guidance,
+          uncond_mask=jnp.asarray(umask), uncond_prompt=jnp.asarray(utokens),
+          temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, images=images)))
+    return self.codec.detokenize(np.concatenate(out), jax.random.key(seed + 1),
+                                 steps=s.pixel_steps, guidance=s.pixel_guidance)
 
 
-def _placeholder_codes(n: int):
-  return Segment.of_image_tokens([0] * n, role="assistant")
+class DreamDrawer:
+  """DreamLLM draws: <dream_start> appended, the dream queries' states (prompt and, for the
+  unconditional branch, the empty prompt) condition the U-Net sampler with classifier-free
+  guidance (sampling.generate_dream_image)."""
+
+  def __init__(self, model, params, formatter, *, steps: int, guidance: float, batch: int = 32):
+    self.model, self.params, self.formatter = model, params, formatter
+    self.steps, self.guidance, self.batch = steps, guidance, batch
+    from unimodal_jax.data.worlds import shapes
+    # Any decodable image of the drawn size: the prompt is cut before it (prompt_of).
+    self._blank = shapes.encode_png(np.zeros((formatter.config.image_size,) * 2 + (3,), np.uint8))
+
+  def placeholder(self, role: str = "") -> Segment:
+    return Segment.of_image(self._blank, role=role)
+
+  def __call__(self, conds, unconds, seed: int) -> np.ndarray:
+    v = self.formatter.vocab
+    size = self.formatter.config.image_size
+    rng = jax.random.key(seed)
+    out = []
+    for n, idx in enumerate(_batches(len(conds), self.batch)):
+      cp = [conds[j][0] + [v.dream_start] for j in idx]
+      up = [unconds[j][0] + [v.dream_start] for j in idx]
+      length = max(len(x) for x in cp + up)
+      tokens, mask = sampling.left_pad(cp, length=length)
+      utokens, umask = sampling.left_pad(up, length=length)
+      ims = [conds[j][1] for j in idx]
+      images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
+      out.append(np.asarray(sampling.generate_dream_image(
+          self.model, self.params, jnp.asarray(tokens), jnp.asarray(mask),
+          jax.random.fold_in(rng, n), guidance=self.guidance, uncond_mask=jnp.asarray(umask),
+          uncond_prompt=jnp.asarray(utokens), num_steps=self.steps, images=images)))
+    return np.concatenate(out)
 
 
-def _geneval_scores(prompts, images) -> dict:
+def geneval_scores(prompts, images) -> dict:
   """The judge's score per category and their mean ("overall")."""
   by_cat = collections.defaultdict(list)
   for p, im in zip(prompts, images):
@@ -143,22 +188,19 @@ def _geneval_scores(prompts, images) -> dict:
   return result
 
 
-def generation(model, params, config, formatter, codec, seed: int, per_category: int,
-               s: ImageSampling, batch: int = 32, log=print) -> tuple[dict, list, np.ndarray]:
-  """GenEval-style scores per category and overall; also (prompts, images) for the grid."""
+def generation(draw, formatter, seed: int, per_category: int,
+               log=print) -> tuple[dict, list, np.ndarray]:
+  """GenEval-style scores per category and overall of what `draw` (a CodeDrawer or a
+  DreamDrawer) makes of held-out prompts; also (prompts, images) for the grid."""
   prompts = geneval.geneval_prompts(seed, per_category)
-  n = config.tokens_per_image
   conds, unconds = [], []
   for i, p in enumerate(prompts):
     for text, out in ((p["prompt"], conds), ("", unconds)):
       doc = Document(f"eval/geneval/{i}", "text_to_image",
-                     [Segment.of_text(text), Segment.of_image_tokens([0] * n)])
+                     [Segment.of_text(text), draw.placeholder()])
       out.append(prompt_of(formatter, doc))
-  codes = _generate_codes(model, params, config, formatter, conds, unconds,
-                          jax.random.key(seed), s, batch)
-  images = codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
-                            guidance=s.pixel_guidance)
-  result = _geneval_scores(prompts, images)
+  images = draw(conds, unconds, seed)
+  result = geneval_scores(prompts, images)
   result["prompts"] = len(prompts)
   log("eval: generation " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                       if isinstance(v, float)))
@@ -175,16 +217,14 @@ def generation_ceiling(codec, seed: int, per_category: int, s: ImageSampling,
   codes = codec.tokenize(np.stack([shapes.render(sc) for sc in scenes]))
   images = codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
                             guidance=s.pixel_guidance)
-  result = _geneval_scores(prompts, images)
+  result = geneval_scores(prompts, images)
   log(f"eval: generation ceiling of the tokenizer (right scenes, tokenized and decoded) "
       f"{result['overall']:.3f}")
   return result
 
 
-def editing(model, params, config, formatter, codec, seed: int, count: int, s: ImageSampling,
-            batch: int = 32, log=print) -> tuple[dict, list, np.ndarray]:
+def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, list, np.ndarray]:
   """Edit success: the judge finds exactly the edited scene's objects in the output."""
-  n = config.tokens_per_image
   docs = [shapes.make_document(seed, i, "edit", size=formatter.config.image_size)
           for i in range(count)]
   conds, unconds = [], []
@@ -193,12 +233,9 @@ def editing(model, params, config, formatter, codec, seed: int, count: int, s: I
     for text, out in ((instruction.text, conds), ("", unconds)):
       # The unconditional prompt keeps the user's image and drops the instruction.
       segs = [user_image] + ([Segment.of_text(text, "user")] if text else []) + [
-          _placeholder_codes(n)]
+          draw.placeholder("assistant")]
       out.append(prompt_of(formatter, Document(d.id, "edit", segs)))
-  codes = _generate_codes(model, params, config, formatter, conds, unconds,
-                          jax.random.key(seed + 7), s, batch)
-  images = codec.detokenize(codes, jax.random.key(seed + 8), steps=s.pixel_steps,
-                            guidance=s.pixel_guidance)
+  images = draw(conds, unconds, seed + 7)
   by_kind = collections.defaultdict(list)
   for d, im in zip(docs, images):
     target = shapes.scene_from_description(d.metadata["scene"]).objects
@@ -213,4 +250,4 @@ def editing(model, params, config, formatter, codec, seed: int, count: int, s: I
 
 
 __all__ = ["prompt_of", "understanding", "generation", "generation_ceiling", "editing",
-           "ImageSampling"]
+           "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]

@@ -10,7 +10,7 @@ codes by the trained tokenizer ("pre-tokenized data"), one shard directory per t
     edit            image + instruction -> codes of the edited scene
 
 Images the model *reads* stay pixels: the ILLUME model encodes them itself (its encoder trains in
-stage 3). A task directory is written to a temporary name and renamed when complete, so a killed
+stage 3). DreamLLM's job writes the same tasks with every image as pixels (tokenize=None). A task directory is written to a temporary name and renamed when complete, so a killed
 run never leaves a half-written task behind.
 """
 from __future__ import annotations
@@ -47,8 +47,13 @@ def _written_image(doc: Document) -> int | None:
 
 
 def tokenized_documents(task: str, seed: int, start: int, count: int, size: int, tokenize):
-  """Documents [start, start + count) of a task with written images replaced by their codes."""
+  """Documents [start, start + count) of a task with written images replaced by their codes
+  (tokenize None: kept as pixels, for DreamLLM, which draws pixels)."""
   docs = [_world_document(task, seed, i, size) for i in range(start, start + count)]
+  if tokenize is None:
+    if task == "reconstruction":
+      raise ValueError("the reconstruction task writes codes; it needs an image tokenizer")
+    return docs
   if task == "reconstruction":
     pixels = [d.segments[0].image for d in docs]
   else:

@@ -1,9 +1,14 @@
-"""The ILLUME recipe as resumable phases in one workdir (experiments/tiny/illume_shapes.py):
+"""A main job's recipe as resumable phases in one workdir: ILLUME's
+(experiments/tiny/illume_shapes.py) or DreamLLM's (experiments/tiny/dreamllm_shapes.py,
+`config.model_kind = "dreamllm"`), which share every phase but the first and the evaluation:
 
-    DIR/tokenizer/        CLIP + semantic tokenizer + pixel decoder (train/tokenizer.py), unless
-                          config.pretrained names shipped ones (pretrained.py)
-    DIR/data/             spm.model and one pre-tokenized shard directory per task
-    DIR/stage1..3/        ILLUME training runs (train/loop.py workdirs)
+    DIR/tokenizer/        ILLUME: CLIP + semantic tokenizer + pixel decoder (train/tokenizer.py),
+                          unless config.pretrained names shipped ones (pretrained.py)
+    DIR/parts/            DreamLLM: its encoder and diffusion decoder, when not shipped
+                          (pipeline/dreamllm_parts.py)
+    DIR/data/             spm.model and one shard directory per task (ILLUME's images to write
+                          pre-tokenized into codes; DreamLLM's keep their pixels)
+    DIR/stage1..3/        training runs (train/loop.py workdirs)
     DIR/results.{md,json} DIR/samples.png
     DIR/phases.json       each finished phase with its wall time and figures
 
@@ -22,6 +27,8 @@ import ml_collections
 from unimodal_jax.train import results as results_lib
 
 PHASES = ("tokenizer", "data", "stage1", "stage2", "stage3", "eval")
+DREAMLLM_PHASES = ("parts",) + PHASES[1:]
+KINDS = ("illume", "dreamllm")
 
 
 class Progress:
@@ -92,7 +99,7 @@ def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: 
   c.seq_len = int(config.seq_len)
   c.data = dict(
       kind="documents", tokenizer=tokenizer_path, vocab_size=int(config.text_vocab_size),
-      image_codes=int(model["image_codes"]), **defaults.data.to_dict(),
+      image_codes=int(model.get("image_codes", 0)), **defaults.data.to_dict(),
       sources={task: {"path": os.path.join(data_dir, task), "weight": float(w)}
                for task, w in st.sources.items()},
       format=dict(config.format.to_dict(), tokens_per_image=tokens_per_image))
@@ -102,36 +109,18 @@ def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: 
                  seed=int(st.seed) + 100 * int(config.get("seed", 0)),
                  log_every=max(1, steps // int(defaults.logs_per_stage)), eval_every=steps,
                  checkpoint_every=max(1, steps // int(defaults.checkpoints_per_stage)),
-                 init_from=init.get("init_from", ""), init_parts=init.get("init_parts", {}))
+                 init_from=init.get("init_from", ""), init_parts=init.get("init_parts", {}),
+                 # DreamLLM's LM and diffusion loss weights, where the stage sets them
+                 **{k: float(st[k]) for k in ("lm_loss_weight", "diffusion_loss_weight")
+                    if k in st})
   c.optimizer = dict(defaults.optimizer.to_dict(), warmup_steps=int(st.warmup_steps),
                      groups=st.groups.to_dict())
   return c
 
 
-def run(config, workdir: str, *, log=print) -> dict:
-  os.makedirs(workdir, exist_ok=True)
-  done = _load_phases(workdir)
-  progress = Progress(len(PHASES), log)
-  wall = time.time()
-
-  def finish(name, figures, started, fingerprint):
-    done[name] = {"seconds": round(time.time() - started, 1), "config": fingerprint,
-                  "figures": figures}
-    results_lib.write_json(os.path.join(workdir, "phases.json"), done)
-
-  upstream_ran = False  # once a phase runs, every later one runs too: it reads that output
-
-  def skip(index, name, fingerprint, output):
-    nonlocal upstream_ran
-    if name in done and done[name]["config"] == fingerprint and not upstream_ran:
-      if os.path.exists(output):
-        progress.phase(index, name, f"done earlier in {done[name]['seconds']:.0f}s; skipped")
-        return True
-      log(f"phases.json records {name} as done but {output} is missing; running it again")
-    upstream_ran = True
-    return False
-
-  # 1. Tokenizer: CLIP, semantic VQ, pixel decoder; shipped (pretrained.py) or trained here.
+def _illume_tokenizer(config, workdir, progress, skip, finish):
+  """Phase 1 of ILLUME's job: CLIP, semantic VQ, pixel decoder; shipped (pretrained.py) or
+  trained here. Returns (the ImageCodec, the CLIP's directory)."""
   from unimodal_jax import pretrained
   shipped = str(config.get("pretrained", pretrained.NONE))
   if shipped != pretrained.NONE:
@@ -156,14 +145,58 @@ def run(config, workdir: str, *, log=print) -> dict:
       figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
       finish("tokenizer", figures, t0, fp)
   from unimodal_jax.models.image_codec import ImageCodec
-  codec = ImageCodec.load(tok_dir, clip_workdir)
+  return ImageCodec.load(tok_dir, clip_workdir), clip_workdir or os.path.join(tok_dir, "clip")
+
+
+def run(config, workdir: str, *, log=print) -> dict:
+  kind = str(config.get("model_kind", "illume"))
+  if kind not in KINDS:
+    raise ValueError(f"config.model_kind={kind!r}; expected one of {KINDS}")
+  os.makedirs(workdir, exist_ok=True)
+  done = _load_phases(workdir)
+  progress = Progress(len(PHASES), log)
+  wall = time.time()
+
+  def finish(name, figures, started, fingerprint):
+    done[name] = {"seconds": round(time.time() - started, 1), "config": fingerprint,
+                  "figures": figures}
+    results_lib.write_json(os.path.join(workdir, "phases.json"), done)
+
+  upstream_ran = False  # once a phase runs, every later one runs too: it reads that output
+
+  def skip(index, name, fingerprint, output):
+    nonlocal upstream_ran
+    if name in done and done[name]["config"] == fingerprint and not upstream_ran:
+      if os.path.exists(output):
+        progress.phase(index, name, f"done earlier in {done[name]['seconds']:.0f}s; skipped")
+        return True
+      log(f"phases.json records {name} as done but {output} is missing; running it again")
+    upstream_ran = True
+    return False
+
+  # 1. The pretrained parts: ILLUME's tokenizer, or DreamLLM's encoder and diffusion decoder;
+  #    shipped (pretrained.py) or trained here.
+  if kind == "dreamllm":
+    from unimodal_jax.pipeline import dreamllm_parts
+    first = "parts"
+    fp = _fingerprint(dreamllm_parts.fingerprint_inputs(config))
+    parts = dreamllm_parts.locate(config, workdir)
+    if not skip(1, first, fp, parts.decoder_dir):
+      lg, t0 = progress.phase(1, first), time.time()
+      parts = dreamllm_parts.prepare(config, workdir, lg)
+      finish(first, parts.figures, t0, fp)
+    tokenize, codec = None, None
+  else:
+    first = "tokenizer"
+    codec, clip_dir = _illume_tokenizer(config, workdir, progress, skip, finish)
+    tokenize = codec.tokenize
 
   # 2. Pre-tokenized data and the text tokenizer.
   data_dir = os.path.join(workdir, "data")
   spm_path = os.path.join(data_dir, "spm.model")
   text_model_type = str(config.get("text_model_type", "unigram"))
   fp = _fingerprint([config.data.to_dict(), config.text_vocab_size, text_model_type,
-                     done["tokenizer"]["config"]])
+                     done[first]["config"]])
   if not skip(2, "data", fp, spm_path):
     lg, t0 = progress.phase(2, "data"), time.time()
     from unimodal_jax.data import text_tokenizer
@@ -175,20 +208,25 @@ def run(config, workdir: str, *, log=print) -> dict:
     for task, count in config.data.counts.items():
       counts[task] = pretokenize.write_task(os.path.join(data_dir, task), task,
                                             int(config.data.train_seed), int(count),
-                                            int(config.data.image_size), codec.tokenize, log=lg)
+                                            int(config.data.image_size), tokenize, log=lg)
     finish("data", counts, t0, fp)
 
-  # 3-5. ILLUME stages 1-3.
+  # 3-5. Stages 1-3.
   from unimodal_jax.data import text_tokenizer
   sp = text_tokenizer.load(spm_path)
-  model = model_dict(config, codec, sp.get_piece_size())
-  clip_dir = clip_workdir or os.path.join(tok_dir, "clip")
+  if kind == "dreamllm":
+    model = dreamllm_parts.model_dict(config, parts, sp.get_piece_size())
+    first_init = dreamllm_parts.stage_init(parts)
+    tokens_per_image = int(model["vision"]["image_size"] // model["vision"]["patch_size"]) ** 2
+  else:
+    model = model_dict(config, codec, sp.get_piece_size())
+    first_init = {"init_parts": {"vision_encoder": clip_dir}}
+    tokens_per_image = codec.tokens_per_image
   previous = None
   for k, name in enumerate(("stage1", "stage2", "stage3"), start=3):
     stage_dir = os.path.join(workdir, name)
-    init = ({"init_parts": {"vision_encoder": clip_dir}} if previous is None
-            else {"init_from": previous})
-    cfg = stage_config(config, name, model, data_dir, spm_path, codec.tokens_per_image, init)
+    init = first_init if previous is None else {"init_from": previous}
+    cfg = stage_config(config, name, model, data_dir, spm_path, tokens_per_image, init)
     fp = _fingerprint([cfg.to_dict(), done["data"]["config"]])
     if not skip(k, name, fp, stage_dir):
       lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
@@ -205,7 +243,11 @@ def run(config, workdir: str, *, log=print) -> dict:
   fp = _fingerprint([config.eval.to_dict(), done["stage3"]["config"]])
   if not skip(6, "eval", fp, os.path.join(workdir, "results.json")):
     lg, t0 = progress.phase(6, "eval"), time.time()
-    results = _evaluate(config, workdir, previous, model, sp, codec, lg)
+    if kind == "dreamllm":
+      results = dreamllm_parts.evaluate(config, workdir, previous, model, sp, parts,
+                                        _load_phases(workdir), lg)
+    else:
+      results = _evaluate(config, workdir, previous, model, sp, codec, lg)
     finish("eval", {"understanding": results["understanding"]["pope_overall"],
                     "generation": results["generation"]["overall"]}, t0, fp)
   with open(os.path.join(workdir, "results.json")) as f:
@@ -237,16 +279,15 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   und = evaluate.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
                                int(e.vqa_per_kind), int(e.batch), log=log)
   t_und = time.time() - t
+  draw = evaluate.CodeDrawer(model, params, model_config, formatter, codec, s, int(e.batch))
   t = time.time()
-  gen, prompts, gen_images = evaluate.generation(model, params, model_config, formatter, codec,
-                                                 seed, int(e.geneval_per_category), s,
-                                                 int(e.batch), log=log)
+  gen, prompts, gen_images = evaluate.generation(draw, formatter, seed,
+                                                 int(e.geneval_per_category), log=log)
   gen["tokenizer_ceiling"] = evaluate.generation_ceiling(codec, seed,
                                                          int(e.geneval_per_category), s, log=log)
   t_gen = time.time() - t
   t = time.time()
-  edit, instructions, edit_images = evaluate.editing(model, params, model_config, formatter,
-                                                     codec, seed, int(e.edits), s, int(e.batch),
+  edit, instructions, edit_images = evaluate.editing(draw, formatter, seed, int(e.edits),
                                                      log=log)
   t_edit = time.time() - t
   phases = _load_phases(workdir)

@@ -1,4 +1,4 @@
-"""results.md and samples.png of the ILLUME recipe."""
+"""results.md and samples.png of a main job (ILLUME's or DreamLLM's recipe)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,9 +18,20 @@ def _ceiling_cell(ceiling: dict, key: str) -> str:
   return f" {ceiling[key]:.3f} |" if key in ceiling else " - |"
 
 
+_CEILINGS = {  # generation's ceiling: what the model's image decoder can at best make of prompts
+    "tokenizer_ceiling": ("tokenizer ceiling", "The tokenizer's ceiling: the same prompts' "
+                          "scenes drawn right, tokenized and decoded to pixels (what the model "
+                          "would score writing those codes)."),
+    "decoder_ceiling": ("decoder ceiling", "The diffusion decoder's ceiling: the same prompts "
+                        "drawn by the U-Net from the CLIP text states it was pretrained on "
+                        "(what the dream queries would score conditioning it as well)."),
+}
+
+
 def write_markdown(path: str, results: dict) -> None:
-  und, gen, edit = results["understanding"], results["generation"], results["editing"]
-  lines = ["# ILLUME on the shapes world", "",
+  und, gen, edit = results["understanding"], results["generation"], results.get("editing")
+  name = {"dreamllm": "DreamLLM"}.get(results.get("model_kind"), "ILLUME")
+  lines = [f"# {name} on the shapes world", "",
            "Held-out scenes and prompts (eval seed), scored from the scenes by the judge.", "",
            "## Understanding", "", "| question | accuracy |", "|---|---|"]
   for k, v in und.items():
@@ -28,20 +39,21 @@ def write_markdown(path: str, results: dict) -> None:
       lines.append(_row(k, v))
   lines.append(_row("POPE-style overall", und["pope_overall"], TARGETS["pope_overall"]))
   lines += ["", "## Generation (GenEval-style, judge)", ""]
-  ceiling = gen.get("tokenizer_ceiling") or {}
+  key = next((k for k in _CEILINGS if gen.get(k)), "tokenizer_ceiling")
+  ceiling = gen.get(key) or {}
   if ceiling:
-    lines += ["The tokenizer's ceiling: the same prompts' scenes drawn right, tokenized and "
-              "decoded to pixels (what the model would score writing those codes).", ""]
-  lines += ["| category | score | tokenizer ceiling |", "|---|---|---|"]
+    lines += [_CEILINGS[key][1], ""]
+  lines += [f"| category | score | {_CEILINGS[key][0]} |", "|---|---|---|"]
   for k, v in gen.items():
     if isinstance(v, float) and k != "overall":
       lines.append(_row(k, v) + _ceiling_cell(ceiling, k))
   lines.append(_row("overall", gen["overall"], TARGETS["generation_overall"])
                + _ceiling_cell(ceiling, "overall"))
-  lines += ["", "## Editing", "", "| edit | success |", "|---|---|"]
-  for k, v in edit.items():
-    if isinstance(v, float):
-      lines.append(_row(k, v))
+  if edit:
+    lines += ["", "## Editing", "", "| edit | success |", "|---|---|"]
+    for k, v in edit.items():
+      if isinstance(v, float):
+        lines.append(_row(k, v))
   lines += ["", "## Wall time per phase (s)", "", "| phase | seconds |", "|---|---|"]
   for k, v in results.get("phase_seconds", {}).items():
     lines.append(f"| {k} | {v:.0f} |")

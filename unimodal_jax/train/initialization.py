@@ -3,9 +3,9 @@
 - `train.init_from = DIR`: a whole model of the same kind and shape: for a decoder, any
   converted or trained decoder checkpoint (load_pretrained, resharded onto the mesh); for ILLUME,
   the previous stage's workdir (stage 2 starts from stage 1, stage 3 from stage 2).
-- `train.init_parts = {part: DIR}` (ILLUME): the random init with some parts replaced, e.g.
-  stage 1's {'llm': a pretrained decoder, 'vision_encoder': a CLIP or ViT checkpoint}. A CLIP
-  checkpoint gives its vision tower.
+- `train.init_parts = {part: DIR}` (ILLUME, DreamLLM): the random init with some parts
+  replaced, e.g. stage 1's {'llm': a pretrained decoder, 'vision_encoder': a CLIP or ViT
+  checkpoint, 'unet': a U-Net}. A CLIP checkpoint gives its vision tower.
 Shapes must match exactly; a mismatch names the part and the first differing parameter.
 """
 from __future__ import annotations
@@ -15,7 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from unimodal_jax import checkpoints
-from unimodal_jax.models import illume
+from unimodal_jax.models import dreamllm, illume
+
+# Models made of parts (init_parts names them); a plain decoder loads whole.
+_MODELS_OF_PARTS = (illume.IllumeConfig, dreamllm.DreamLLMConfig)
 
 
 def _check_same_shapes(expected, got, where: str):
@@ -37,7 +40,7 @@ def _part_params(directory: str, part: str):
   params, model_config = checkpoints.restore_params(directory)
   if part == "vision_encoder" and "vision" in params and "text" in params:
     params = params["vision"]  # a CLIP checkpoint: its image tower
-  elif part == "llm" and model_config.get("kind") == illume.KIND:
+  elif part == "llm" and model_config.get("kind") in (illume.KIND, dreamllm.KIND):
     params = params["llm"]
   return params
 
@@ -49,9 +52,10 @@ def initial_params(config, model, model_config, abstract_params, mesh, log):
   parts = dict(train_cfg.get("init_parts") or {})
   if init_from and parts:
     raise ValueError("config.train: give init_from (a whole model) or init_parts, not both")
-  if not isinstance(model_config, illume.IllumeConfig):
+  if not isinstance(model_config, _MODELS_OF_PARTS):
     if parts:
-      raise ValueError("config.train.init_parts is for ILLUME models; a decoder uses init_from")
+      raise ValueError("config.train.init_parts is for ILLUME and DreamLLM models; a decoder "
+                       "uses init_from")
     if not init_from:
       return None
     _, params = checkpoints.load_pretrained(init_from, mesh=mesh, config_overrides={

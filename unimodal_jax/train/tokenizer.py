@@ -27,10 +27,8 @@ import json
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from unimodal_jax.train import results as results_lib
@@ -39,6 +37,7 @@ from unimodal_jax.models import build
 from unimodal_jax.models import pixel_decoder as pdec
 from unimodal_jax.models import pixel_vq
 from unimodal_jax.models import vision_tokenizer as vt
+from unimodal_jax.train import array_fit
 
 
 def _caption_images(world: str, seed: int, count: int, size: int, split: str = "train"):
@@ -104,52 +103,6 @@ def _completed(workdir: str) -> bool:
     return False
 
 
-def _fit_phase(name, directory, model, model_config, meta, loss_fn, arrays, cfg, *, seed: int,
-               init_seed: int, log, shown=()):
-  """Train one model of this experiment through the one loop (train/fit.py) in `directory`:
-  AdamW (the optimizer builder's, from `cfg`) over batches of `arrays` drawn in epochs,
-  resumable, skipped when already complete, trained again (the old one moved aside) when `meta`
-  (its config and provenance) changed. loss_fn(params, model_state, batch, rng) ->
-  (loss, (metrics, model_state)). Returns (the trained variables, seconds spent training)."""
-  from unimodal_jax import sharding
-  from unimodal_jax.data import array_batches
-  from unimodal_jax.train import fit, optimizer, state as state_lib, step as step_lib
-  start = time.time()
-  steps = int(cfg.steps)
-  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  opt = dict(learning_rate=float(cfg.learning_rate), schedule="cosine",
-             warmup_steps=min(int(cfg.max_warmup_steps), int(steps * cfg.warmup_fraction)),
-             end_lr_ratio=float(cfg.end_lr_ratio), b1=float(cfg.b1), b2=float(cfg.b2),
-             eps=float(cfg.eps), weight_decay=float(cfg.weight_decay),
-             clip_grad_norm=float(cfg.clip_grad_norm))
-  abstract_params = nn.meta.unbox(sharding.abstract_params(model, model_config))
-  tx, schedules = optimizer.build(opt, abstract_params, steps)
-  abstract_state, state_sh = state_lib.state_shardings(model, model_config, tx, mesh)
-  batch_sh = sharding.batch_sharding(mesh, ndim=1)
-  # Each step's key is key(7 * seed + step), as this experiment has always drawn it.
-  train_step = jax.jit(
-      step_lib.make_loss_step(loss_fn, tx, schedules,
-                              step_rng=lambda s: jax.random.key(seed * 7 + s.step)),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=(0,))
-  n = len(next(iter(arrays.values())))
-  trainable = fit.Trainable(
-      abstract_state=abstract_state,
-      init_state=lambda: state_lib.init_state(model, model_config, tx, 0, state_sh,
-                                              init_rng=jax.random.key(init_seed)),
-      train_step=train_step,
-      batches=array_batches.batches(arrays, array_batches.epoch_batches(
-          n, int(cfg.batch_size), steps, seed)),
-      batch_sharding=batch_sh, model_config=meta, config=cfg,
-      items_per_step=int(cfg.batch_size), unit="ex", shown=shown,
-      describe=f"training the {name} in {directory}",
-      # Trained with another config (or on another tokenizer's output): trained again.
-      run_identity=json.dumps(meta, sort_keys=True))
-  fit_cfg = dict(cfg.to_dict(), eval_every=steps)
-  _, state = fit.fit(trainable, ml_collections.ConfigDict(fit_cfg), directory,
-                     log=lambda msg, *a, **k: log(f"{name}: {msg}"))
-  return {"params": state.params, **state.model_state}, time.time() - start
-
-
 def run(config, workdir: str, *, log=print) -> dict:
   wall = time.time()
   os.makedirs(workdir, exist_ok=True)
@@ -211,7 +164,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   tok_dir, tok_meta = os.path.join(workdir, "tokenizer"), {
       **tok_cfg.to_dict(), build.PROVENANCE: {"train": config.tokenizer_train.to_dict(),
                                               "data": config.data.to_dict()}}
-  tok_vars, tok_seconds = _fit_phase(
+  tok_vars, tok_seconds = array_fit.fit_arrays(
       "tokenizer", tok_dir, tokenizer, tok_cfg, tok_meta, tok_loss, {"features": train_feats},
       config.tokenizer_train, seed=1, init_seed=0, log=log,
       shown=("cosine", "usage", "perplexity"))
@@ -243,7 +196,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   pd_dir, pd_meta = os.path.join(workdir, "pixel_decoder"), {
       **pd_cfg.to_dict(), build.PROVENANCE: {"tokenizer": tok_meta,
                                              "train": config.pixel_train.to_dict()}}
-  pd_vars, pd_seconds = _fit_phase(
+  pd_vars, pd_seconds = array_fit.fit_arrays(
       "pixel_decoder", pd_dir, decoder, pd_cfg, pd_meta, pd_loss,
       {"images": train_images, "cond": train_cond}, config.pixel_train, seed=2, init_seed=1,
       log=log)
@@ -307,7 +260,7 @@ def _train_baseline(config, size, train_images, eval_images, workdir, log):
 
   meta = {**base_cfg.to_dict(), build.PROVENANCE: {"train": config.baseline_train.to_dict(),
                                                    "data": config.data.to_dict()}}
-  b_vars, b_seconds = _fit_phase(
+  b_vars, b_seconds = array_fit.fit_arrays(
       "pixel_vq", os.path.join(workdir, "pixel_vq"), baseline, base_cfg, meta, base_loss,
       {"images": train_images}, config.baseline_train, seed=3, init_seed=2, log=log,
       shown=("l1", "usage"))
