@@ -107,6 +107,19 @@ class ImageSampling:
   pixel_guidance: float = 2.0
 
 
+def _guided_batch(conds, unconds, idx, start_id: int, size: int):
+  """One batch of conditional and unconditional prompts, each ending in `start_id`, left-padded
+  to one length: (tokens, mask, uncond tokens, uncond mask, the images they read or None)."""
+  cp = [conds[j][0] + [start_id] for j in idx]
+  up = [unconds[j][0] + [start_id] for j in idx]
+  length = max(len(x) for x in cp + up)
+  tokens, mask = sampling.left_pad(cp, length=length)
+  utokens, umask = sampling.left_pad(up, length=length)
+  ims = [conds[j][1] for j in idx]
+  images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
+  return tokens, mask, utokens, umask, images
+
+
 class CodeDrawer:
   """ILLUME draws: image codes sampled after <image_start> with classifier-free guidance (the
   prompt masked), then the pixel decoder (codec.detokenize)."""
@@ -126,13 +139,8 @@ class CodeDrawer:
     rng = jax.random.key(seed)
     out = []
     for n, idx in enumerate(_batches(len(conds), self.batch)):
-      cp = [conds[j][0] + [v.image_start] for j in idx]
-      up = [unconds[j][0] + [v.image_start] for j in idx]
-      length = max(len(x) for x in cp + up)
-      tokens, mask = sampling.left_pad(cp, length=length)
-      utokens, umask = sampling.left_pad(up, length=length)
-      ims = [conds[j][1] for j in idx]
-      images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
+      tokens, mask, utokens, umask, images = _guided_batch(conds, unconds, idx, v.image_start,
+                                                           size)
       out.append(np.asarray(sampling.generate_image(
           self.model, self.params, jnp.asarray(tokens), jnp.asarray(mask),
           jax.random.fold_in(rng, n), tokens_per_image=self.config.tokens_per_image,
@@ -164,13 +172,8 @@ class DreamDrawer:
     rng = jax.random.key(seed)
     out = []
     for n, idx in enumerate(_batches(len(conds), self.batch)):
-      cp = [conds[j][0] + [v.dream_start] for j in idx]
-      up = [unconds[j][0] + [v.dream_start] for j in idx]
-      length = max(len(x) for x in cp + up)
-      tokens, mask = sampling.left_pad(cp, length=length)
-      utokens, umask = sampling.left_pad(up, length=length)
-      ims = [conds[j][1] for j in idx]
-      images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
+      tokens, mask, utokens, umask, images = _guided_batch(conds, unconds, idx, v.dream_start,
+                                                           size)
       out.append(np.asarray(sampling.generate_dream_image(
           self.model, self.params, jnp.asarray(tokens), jnp.asarray(mask),
           jax.random.fold_in(rng, n), guidance=self.guidance, uncond_mask=jnp.asarray(umask),
