@@ -15,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 SD = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
           beta_schedule="scaled_linear")
-PRED = pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+PRED = pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 SHAPE = (2, 8, 8, 4)
 
 
@@ -77,7 +77,8 @@ def test_add_noise_velocity_and_target_match_ddpm_scheduler(prediction_type):
   want_v = ref.get_velocity(_nchw(x0), _nchw(noise), torch.from_numpy(t.astype(np.int64)))
   assert _maxdiff(v, _nhwc(want_v)) <= 1e-6
   target = ds.training_target(schedule, jnp.asarray(x0), jnp.asarray(noise), jnp.asarray(t))
-  np.testing.assert_array_equal(target, noise if prediction_type == "epsilon" else v)
+  want_target = {"epsilon": noise, "v_prediction": v, "sample": x0}[prediction_type]
+  np.testing.assert_array_equal(target, want_target)
 
 
 @pytest.mark.parametrize("n", [10, 50])
@@ -191,7 +192,9 @@ def test_min_snr_weights_and_loss(prediction_type):
   t = np.array([0, 10, 200, 500, 999], np.int32)
   abar = np.asarray(schedule.alphas_cumprod, np.float64)[t]
   snr = abar / (1 - abar)
-  want = np.minimum(snr, 5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+  # Relative to the x0 loss, the epsilon loss carries a factor SNR, the v loss SNR + 1.
+  x0_factor = {"epsilon": snr, "v_prediction": snr + 1, "sample": 1.0}[prediction_type]
+  want = np.minimum(snr, 5.0) / x0_factor
   weights = ds.min_snr_weights(schedule, jnp.asarray(t), gamma=5.0)
   np.testing.assert_allclose(ds.snr(schedule, jnp.asarray(t)), snr, rtol=1e-5)
   np.testing.assert_allclose(weights, want, rtol=1e-5)

@@ -49,9 +49,10 @@ def read_manifest(directory: str) -> dict:
     return json.load(f)
 
 
-def resolve(path: str, tokenizer_config, parts=PARTS) -> str:
+def resolve(path: str, tokenizer_config, parts=PARTS, section: str = "config.tokenizer") -> str:
   """The directory of shipped parts at `path`, after checking that it holds every part and
-  that they were trained with `tokenizer_config`; raises, naming the difference, otherwise."""
+  that they were trained with `tokenizer_config` (the config's `section`); raises, naming the
+  difference, otherwise."""
   directory = directory_of(path)
   manifest = read_manifest(directory)
   want = config_sha256(tokenizer_config)
@@ -60,7 +61,7 @@ def resolve(path: str, tokenizer_config, parts=PARTS) -> str:
     ours = tokenizer_config.to_dict() if hasattr(tokenizer_config, "to_dict") else {}
     changed = sorted(_differences(shipped, ours))
     raise ValueError(
-        f"config.tokenizer (sha256 {want[:12]}) is not the config the parts in {directory} were "
+        f"{section} (sha256 {want[:12]}) is not the config the parts in {directory} were "
         f"trained with (sha256 {str(manifest.get('config_sha256'))[:12]}); differing keys: "
         f"{changed[:8]}. Train them with --config.pretrained={NONE}, or ship new ones with "
         "tools/ship_pretrained.py")

@@ -61,9 +61,13 @@ def diffusion_decoder(micro: bool) -> ml_collections.ConfigDict:
       layers_per_block=1, num_attention_heads=[2, 2] if micro else [2, 4],
       condition_length=24, norm_num_groups=16 if not micro else 8, attention_impl="xla",
       conv_impl="matmul_grad")  # models/matmul_grad_conv.py: ~4x faster training on XLA:CPU
-  # DDPM's linear betas (pixel space, as DDPM's 32 px models), epsilon prediction as SD.
+  # DDPM's linear betas (pixel space, as DDPM's 32 px models). The U-Net predicts x0
+  # ("sample"), not SD-2.1-base's epsilon: a U-Net this narrow cannot carry 48 channels of noise
+  # through to its output, so neither its epsilon (MSE ~0.05 at t > 500 after 2,500 steps,
+  # which DDIM scales by up to ~100x) nor its v (noise left in every sample) could be sampled;
+  # x0 is a flat-coloured image it can draw (docs/results.md).
   c.schedule = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-                    beta_schedule="linear", prediction_type="epsilon")
+                    beta_schedule="linear", prediction_type="sample")
   c.cond_dropout = 0.1  # the empty prompt's states instead, for classifier-free guidance
   c.train = dict(steps=20 if micro else 2500, batch_size=16 if micro else 64, seed=0,
                  learning_rate=1e-3, max_warmup_steps=100, warmup_fraction=0.05,
@@ -87,9 +91,9 @@ def get_config(arg=None):
                    clip_config="experiments/tiny/clip_shapes.py",
                    clip_variant="micro" if micro else "patch4")
   c.diffusion_decoder = diffusion_decoder(micro)
-  # Not shipped yet: the decoder trained (loss 0.08) but its samples are noise (a sampler bug
-  # under investigation, docs/results.md), so the job trains it itself for now.
-  c.pretrained = "none"
+  # The shipped decoder was trained with exactly this decoder config (the job checks);
+  # "none": the job trains it itself (about 65 min on 2 cores), as the micro variant does.
+  c.pretrained = "none" if micro else PRETRAINED
   size = int(c.diffusion_decoder.data.image_size)
 
   c.llm = dict(hidden_size=64 if micro else 128, intermediate_size=128 if micro else 384,

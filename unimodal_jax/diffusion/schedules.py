@@ -31,7 +31,9 @@ import numpy as np
 from unimodal_jax.models.model_config import ModelConfig
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+# What the network predicts: the noise, the velocity, or the clean sample x0 ("sample", as
+# diffusers names it: for a narrow pixel-space U-Net, which cannot carry the noise through).
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SAMPLERS = ("ddim", "euler")
 
 
@@ -134,9 +136,11 @@ def velocity(schedule: DiffusionSchedule, x0, noise, t):
 
 
 def training_target(schedule: DiffusionSchedule, x0, noise, t):
-  """What the network should output at x_t: the noise (epsilon) or the velocity."""
+  """What the network should output at x_t: the noise (epsilon), the velocity, or x0."""
   if schedule.prediction_type == "epsilon":
     return noise
+  if schedule.prediction_type == "sample":
+    return x0
   return velocity(schedule, x0, noise, t)
 
 
@@ -149,11 +153,14 @@ def snr(schedule: DiffusionSchedule, t):
 def min_snr_weights(schedule: DiffusionSchedule, t, gamma: float = 5.0):
   """Min-SNR-gamma loss weights (Hang et al. 2023), which stop the low-noise timesteps from
   dominating: min(SNR, gamma) / SNR for an epsilon loss, min(SNR, gamma) / (SNR + 1) for a
-  v loss (the v loss already carries a factor SNR + 1 relative to the x0 loss)."""
+  v loss, min(SNR, gamma) for an x0 loss (relative to the x0 loss, the epsilon loss carries a
+  factor SNR and the v loss SNR + 1)."""
   ratio = snr(schedule, t)
   clipped = jnp.minimum(ratio, gamma)
   if schedule.prediction_type == "epsilon":
     return clipped / ratio
+  if schedule.prediction_type == "sample":
+    return clipped
   return clipped / (ratio + 1)
 
 
@@ -206,6 +213,9 @@ def ddim_step(schedule: DiffusionSchedule, model_output, t, sample, num_inferenc
   if schedule.prediction_type == "epsilon":
     x0 = (x - jnp.sqrt(one_minus_t) * out) / jnp.sqrt(abar_t)
     eps = out
+  elif schedule.prediction_type == "sample":
+    x0 = out
+    eps = (x - jnp.sqrt(abar_t) * x0) / jnp.sqrt(one_minus_t)
   else:  # v_prediction
     x0 = jnp.sqrt(abar_t) * x - jnp.sqrt(one_minus_t) * out
     eps = jnp.sqrt(abar_t) * out + jnp.sqrt(one_minus_t) * x
@@ -257,6 +267,8 @@ def euler_step(model_output, sample, sigma, sigma_next, prediction_type: str = "
   sigma_next = _per_example(jnp.asarray(sigma_next, jnp.float32), x)
   if prediction_type == "epsilon":
     x0 = x - sigma * out
+  elif prediction_type == "sample":
+    x0 = out
   else:  # v_prediction: x0 = c_skip x + c_out v
     x0 = out * (-sigma / jnp.sqrt(jnp.square(sigma) + 1)) + x / (jnp.square(sigma) + 1)
   derivative = (x - x0) / sigma

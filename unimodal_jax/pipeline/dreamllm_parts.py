@@ -42,7 +42,8 @@ def locate(config, workdir: str) -> Parts:
     parts_dir = os.path.join(workdir, "parts")
     return Parts(os.path.join(parts_dir, "clip"), os.path.join(parts_dir, "diffusion_decoder"),
                  {})
-  directory = pretrained.resolve(shipped, config.diffusion_decoder, pretrained.DREAMLLM_PARTS)
+  directory = pretrained.resolve(shipped, config.diffusion_decoder, pretrained.DREAMLLM_PARTS,
+                                 "config.diffusion_decoder")
   return Parts(pretrained.directory_of(str(config.encoder.clip_dir)),
                os.path.join(directory, "diffusion_decoder"), {})
 
