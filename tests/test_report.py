@@ -1,5 +1,6 @@
 """The main job's samples.png: each image above its prompt, the sections packed without gaps."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from unimodal_jax.pipeline import report
@@ -26,3 +27,18 @@ def test_samples_grid_has_no_empty_cells(tmp_path):
   for i, (_, pair) in enumerate(edits):
     x, y = (i % 2) * edit_cell.width, 2 * cell.height + (i // 2) * edit_cell.height
     np.testing.assert_array_equal(grid[y:y + 128:4, x + 128:x + 256:4], pair[1])
+
+
+def test_pope_auc_equals_sklearn_roc_auc():
+  """The yes - no logit ranking AUC of evaluate.understanding is the ROC curve's area (ties
+  half), 0.5 for a constant margin, and 0.5 with one class missing."""
+  from sklearn.metrics import roc_auc_score
+
+  from unimodal_jax.pipeline import evaluate
+  rng = np.random.default_rng(0)
+  truth = rng.random(300) < 0.5
+  margin = np.round(rng.normal(size=300) + truth, 1)  # rounded: many ties
+  assert evaluate.ranking_auc(margin, truth) == pytest.approx(roc_auc_score(truth, margin))
+  assert evaluate.ranking_auc(np.zeros(300), truth) == 0.5
+  assert evaluate.ranking_auc(margin, np.ones(300, bool)) == 0.5
+  assert evaluate.ranking_auc(-margin, truth) == pytest.approx(1 - roc_auc_score(truth, margin))

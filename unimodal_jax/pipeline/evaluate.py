@@ -1,7 +1,10 @@
 """Held-out evaluation of an ILLUME model on the shapes world, scored exactly from the scenes:
 
   understanding  POPE-style existence questions (random / popular / adversarial negatives),
-                 counting, color and position questions: greedy answers, exact match
+                 counting, color and position questions: greedy answers, exact match; and for
+                 the existence questions the ranking AUC of the "yes" minus "no" logit, which
+                 tells a model that reads the image but answers with a bias (AUC well above
+                 0.5) from one that does not read it (about 0.5)
   generation     GenEval-style prompts -> a drawer -> the judge's verdict per category
                  (shapes_judge.score). ILLUME's CodeDrawer: image codes (CFG, the prompt masked)
                  -> pixel decoder; DreamLLM's DreamDrawer: the dream queries' states -> U-Net
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -67,14 +71,22 @@ def understanding(model, params, formatter, sp, seed: int, per_style: int, per_k
                                 stop_tokens=(formatter.vocab.eos_id,),
                                 pad_id=formatter.vocab.eos_id)
   size = formatter.config.image_size
+  yes_no = [sp.encode(w)[0] for w in ("yes", "no")]
   hits = collections.defaultdict(list)
   answers = []
+  margins, truths = [], []
   for idx in _batches(len(docs), batch):
     prompts, ims = zip(*(prompt_of(formatter, docs[j]) for j in idx))
     tokens, mask = sampling.left_pad(list(prompts))
-    out = np.asarray(sampling.generate_text(model, params, jnp.asarray(tokens),
-                                            jnp.asarray(mask), jax.random.key(0), cfg,
-                                            images=jnp.asarray(_stack_images(ims, size))))
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    images = jnp.asarray(_stack_images(ims, size))
+    out = np.asarray(sampling.generate_text(model, params, tokens, mask, jax.random.key(0), cfg,
+                                            images=images))
+    first = np.asarray(_first_logits(model, params, tokens, mask, images))
+    for j, logits in zip(idx, first):
+      if docs[j].metadata["question_type"] == "existence":
+        margins.append(float(logits[yes_no[0]] - logits[yes_no[1]]))
+        truths.append(docs[j].metadata["answer"] == "yes")
     for j, row in zip(idx, out):
       ids = [int(t) for t in row]
       ids = ids[:ids.index(cfg.stop_tokens[0])] if cfg.stop_tokens[0] in ids else ids
@@ -88,11 +100,29 @@ def understanding(model, params, formatter, sp, seed: int, per_style: int, per_k
   result = {k: float(np.mean(v)) for k, v in sorted(hits.items())}
   pope = [x for k, v in hits.items() if k.startswith("pope_") for x in v]
   result["pope_overall"] = float(np.mean(pope)) if pope else 0.0
+  result["pope_auc"] = ranking_auc(margins, truths)
   result["count"] = {k: len(v) for k, v in sorted(hits.items())}
   result["examples"] = answers[:12]
   log("eval: understanding " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                          if isinstance(v, float)))
   return result
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _first_logits(model, params, tokens, mask, images):
+  """The logits of each prompt's first answer token [B, V] (one pass over the prompt)."""
+  return sampling.prefill(model, params, tokens, mask, tokens.shape[1] + 1, images=images)[0]
+
+
+def ranking_auc(scores, positives) -> float:
+  """P(a positive's score > a negative's), ties counting half (the ROC curve's area); 0.5 when
+  either class is empty."""
+  s, y = np.asarray(scores, np.float64), np.asarray(positives, bool)
+  pos, neg = s[y], s[~y]
+  if not len(pos) or not len(neg):
+    return 0.5
+  greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+  return float(greater / (len(pos) * len(neg)))
 
 
 # ----------------------------------------------------------------------------- generation

@@ -35,9 +35,11 @@ def write_markdown(path: str, results: dict) -> None:
            "Held-out scenes and prompts (eval seed), scored from the scenes by the judge.", "",
            "## Understanding", "", "| question | accuracy |", "|---|---|"]
   for k, v in und.items():
-    if isinstance(v, float) and k != "pope_overall":
+    if isinstance(v, float) and k not in ("pope_overall", "pope_auc"):
       lines.append(_row(k, v))
   lines.append(_row("POPE-style overall", und["pope_overall"], TARGETS["pope_overall"]))
+  if "pope_auc" in und:  # 0.5: the answer does not depend on the image
+    lines.append(_row("POPE-style AUC of the yes - no logit", und["pope_auc"]))
   lines += ["", "## Generation (GenEval-style, judge)", ""]
   key = next((k for k in _CEILINGS if gen.get(k)), "tokenizer_ceiling")
   ceiling = gen.get(key) or {}
@@ -57,6 +59,8 @@ def write_markdown(path: str, results: dict) -> None:
   lines += ["", "## Wall time per phase (s)", "", "| phase | seconds |", "|---|---|"]
   for k, v in results.get("phase_seconds", {}).items():
     lines.append(f"| {k} | {v:.0f} |")
+  for k, v in results.get("eval_seconds", {}).items():  # the eval phase itself, by part
+    lines.append(f"| eval: {k} | {v:.0f} |")
   tok = results.get("tokenizer") or {}
   if tok:
     lines += ["", f"Tokenizer: {tok.get('tokens_per_image')} tokens per image, codebook usage "
