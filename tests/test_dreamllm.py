@@ -80,6 +80,28 @@ def test_config_refuses_what_cannot_work():
     CONFIG.replace(pixel_patch=3)  # 8 px do not fold into 3 x 3 blocks
 
 
+def test_token_merge_reads_each_block_of_neighbours_in_one_slot():
+  """token_merge=2: the 4 x 4 patch grid is read in 4 slots, each the projection of a 2 x 2
+  block's features concatenated; the parameter count follows the wider projector."""
+  with pytest.raises(ValueError, match="token_merge=3"):
+    CONFIG.replace(token_merge=3)
+  merged = CONFIG.replace(token_merge=2)
+  assert merged.tokens_per_image == 4
+  model = dreamllm.DreamLLM(merged)
+  p = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  assert sum(x.size for x in jax.tree.leaves(p)) - sum(
+      x.size for x in jax.tree.leaves(p["unet"])) == merged.num_params()
+  image = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+  feats = np.asarray(model.apply({"params": p}, image, method=dreamllm.DreamLLM.image_features))
+  hidden = model.apply({"params": p}, image, method=lambda m, x: m.vision_encoder(
+      vit.normalize(x), return_hidden_states=True).hidden_states[merged.feature_layer])
+  grid = np.asarray(hidden)[0, int(merged.vision.class_token):].reshape(4, 4, -1)
+  block = np.concatenate([grid[2, 0], grid[2, 1], grid[3, 0], grid[3, 1]])  # slot 2: rows 2-3
+  kernel, bias = p["vision_projector"]["kernel"], p["vision_projector"]["bias"]
+  np.testing.assert_allclose(feats[0, 2], block @ np.asarray(kernel) + np.asarray(bias),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_folded_pixels_are_a_lossless_latent_of_the_drawn_images():
   """pixel_patch=2: the U-Net denoises 4 x 4 x 12 blocks of the 8 px images; the fold keeps each
   block's pixels together and decoding unfolds exactly."""

@@ -63,13 +63,19 @@ def get_config(arg=None):
   # 0.59, so no layer stands out beyond run-to-run spread, though an MLP probe for "is there a
   # <color> <shape>" on held-out scenes reads 0.78 / 0.85 / 0.82 balanced accuracy from them.
   c.feature_layer = -1
+  # 2: each 2 x 2 block of the 8 x 8 patch features is one token read (16 slots per image), as
+  # ILLUME reads a 448 px view in 256 slots; images written stay 64 codes. Against 64 slots
+  # (three stage seeds each, 2026-11-27): POPE-style AUC 0.577 ± 0.012 -> 0.700 ± 0.120,
+  # accuracy 0.528 -> 0.619, GenEval-style 0.100 -> 0.181, ~5-10% more time (docs/results.md).
+  c.token_merge = 2
   # BPE, so every word of the world is one piece: with byte fallback, 260 of the vocabulary are
   # bytes and specials; a 320-piece unigram model spelled "yes", "purple" and "What" letter by
   # letter, which left the tiny LLM to assemble words before it could bind them to the image.
   c.text_model_type = "bpe"
   c.text_vocab_size = 512
-  # At 64 tokens per image the longest documents are an edit (an image read, one written: up to
-  # 145 tokens) and a dialogue (an image and up to 6 questions: up to 146); captions take ~76.
+  # Rows of 160 packed tokens. An image read takes 16 slots, one written 64 codes: an edit (one
+  # of each) takes up to ~97 tokens, a dialogue (an image and up to 6 questions) ~98, a caption
+  # ~28; with 64 slots they took 145, 146 and 76.
   c.seq_len = 160
   c.format = dict(image_size=size, max_images=4 if micro else 6, text_dropout=0.1)
 

@@ -47,7 +47,7 @@ from unimodal_jax.models import vae as vae_lib
 from unimodal_jax.models import vit
 from unimodal_jax.models.decoder import ACT_HIDDEN, Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
-from unimodal_jax.models.illume import splice_image_features
+from unimodal_jax.models.illume import merge_tokens, splice_image_features
 from unimodal_jax.models.model_config import ModelConfig
 
 KIND = "dreamllm"
@@ -69,6 +69,9 @@ class DreamLLMConfig(ModelConfig):
   num_dream_queries: int = 64
   # Which ViT hidden state the model reads: -2, the penultimate (DreamLLM's and LLaVA's choice).
   feature_layer: int = -2
+  # k > 1: each k x k block of neighbouring patch features is read as one token (ILLUME's
+  # token merge; the paper's DreamLLM reads every patch: 1).
+  token_merge: int = 1
   dream_image_size: int = 512  # pixels of the images the model draws (SD-2.1-base: 512)
   # The U-Net's DDPM schedule (default: SD-2.1-base's).
   schedule: schedules.ScheduleConfig = schedules.ScheduleConfig()
@@ -83,6 +86,9 @@ class DreamLLMConfig(ModelConfig):
     if not -self.vision.num_layers - 1 <= self.feature_layer < self.vision.num_layers + 1:
       raise ValueError(f"model.feature_layer={self.feature_layer} is not a hidden state of a "
                        f"{self.vision.num_layers}-layer ViT")
+    if self.token_merge < 1 or self.vision.grid_size % self.token_merge:
+      raise ValueError(f"model.token_merge={self.token_merge} must be a positive divisor of the "
+                       f"encoder's {self.vision.grid_size} x {self.vision.grid_size} patch grid")
     if self.pixel_patch < 1 or (self.vae and self.pixel_patch != 1):
       raise ValueError(f"model.pixel_patch={self.pixel_patch}: a positive fold of the pixels, "
                        "and 1 with a VAE (it makes the latents)")
@@ -111,7 +117,7 @@ class DreamLLMConfig(ModelConfig):
   @property
   def tokens_per_image(self) -> int:
     """<image_patch> slots per image read."""
-    return self.vision.num_patches
+    return self.vision.num_patches // self.token_merge ** 2
 
   @property
   def hidden_size(self) -> int:
@@ -130,7 +136,8 @@ class DreamLLMConfig(ModelConfig):
     """The multimodal LLM's parameters: decoder, encoder, projectors, queries (the diffusion
     decoder, U-Net and VAE, is counted apart: `python -m unimodal_jax.summary` lists it)."""
     e, v, q = self.llm.hidden_size, self.vision.hidden_size, self.num_dream_queries
-    return (self.llm.num_params() + self.vision.num_params() + v * e + e + q * e
+    return (self.llm.num_params() + self.vision.num_params() + v * self.token_merge ** 2 * e
+            + e + q * e
             + e * self.unet.cross_attention_dim)
 
   def flops_per_token(self, seq_len: int) -> float:
@@ -208,15 +215,17 @@ class DreamLLM(nn.Module):
 
   # -- reading images
   def image_features(self, images):
-    """uint8 images [..., H, W, 3] -> [..., num_patches, hidden]: what the LLM reads at an
-    image's <image_patch> slots (the encoder's `feature_layer` state, class token dropped)."""
+    """uint8 images [..., H, W, 3] -> [..., tokens_per_image, hidden]: what the LLM reads at an
+    image's <image_patch> slots (the encoder's `feature_layer` state, class token dropped,
+    token_merge**2 neighbours to a slot)."""
     cfg = self.config
     lead = images.shape[:-3]
     flat = images.reshape((-1,) + images.shape[-3:])
     out = self.vision_encoder(vit.normalize(flat), return_hidden_states=cfg.feature_layer != -1)
     hidden = (out.last_hidden_state if cfg.feature_layer == -1
               else out.hidden_states[cfg.feature_layer])
-    feats = self.vision_projector(hidden[:, int(cfg.vision.class_token):])
+    feats = self.vision_projector(merge_tokens(hidden[:, int(cfg.vision.class_token):],
+                                               cfg.token_merge))
     return feats.reshape(lead + feats.shape[1:])
 
   def embed(self, tokens, images=None):

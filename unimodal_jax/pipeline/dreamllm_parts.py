@@ -107,6 +107,7 @@ def model_dict(config, parts: Parts, text_vocab_size: int) -> dict:
   return {"kind": "dreamllm", "llm": llm, "vision": clip_cfg["vision"], "unet": unet,
           "num_dream_queries": int(config.num_dream_queries),
           "feature_layer": int(config.feature_layer),
+          "token_merge": int(config.get("token_merge", 1)),
           "dream_image_size": int(dec.data.image_size), "pixel_patch": int(dec.pixel_patch),
           "schedule": dec.schedule.to_dict()}
 

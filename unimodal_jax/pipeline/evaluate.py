@@ -160,7 +160,7 @@ class CodeDrawer:
 
   def placeholder(self, role: str = "") -> Segment:
     """The segment an image to draw takes in a prompt document (cut off before it)."""
-    return Segment.of_image_tokens([0] * self.config.tokens_per_image, role=role)
+    return Segment.of_image_tokens([0] * self.codec.tokens_per_image, role=role)
 
   def __call__(self, conds, unconds, seed: int) -> np.ndarray:
     """uint8 images for prompts (token lists ending before the image, with their images)."""
@@ -173,7 +173,7 @@ class CodeDrawer:
                                                            size)
       out.append(np.asarray(sampling.generate_image(
           self.model, self.params, jnp.asarray(tokens), jnp.asarray(mask),
-          jax.random.fold_in(rng, n), tokens_per_image=self.config.tokens_per_image,
+          jax.random.fold_in(rng, n), tokens_per_image=self.codec.tokens_per_image,
           image_offset=v.image_offset, image_codes=v.image_codes, guidance=s.guidance,
           uncond_mask=jnp.asarray(umask), uncond_prompt=jnp.asarray(utokens),
           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, images=images)))

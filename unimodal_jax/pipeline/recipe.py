@@ -83,7 +83,8 @@ def model_dict(config, codec, text_vocab_size: int) -> dict:
   llm.update(vocab_size=text_vocab_size + len(SPECIALS))
   return {"kind": "illume", "llm": llm, "vision": codec.vision_config.to_dict(),
           "image_codes": codec.codebook_size, "adapter_hidden": int(config.adapter_hidden),
-          "feature_layer": int(config.get("feature_layer", -1))}
+          "feature_layer": int(config.get("feature_layer", -1)),
+          "token_merge": int(config.get("token_merge", 1))}
 
 
 def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: str,
@@ -217,11 +218,12 @@ def run(config, workdir: str, *, log=print) -> dict:
   if kind == "dreamllm":
     model = dreamllm_parts.model_dict(config, parts, sp.get_piece_size())
     first_init = dreamllm_parts.stage_init(parts)
-    tokens_per_image = int(model["vision"]["image_size"] // model["vision"]["patch_size"]) ** 2
   else:
     model = model_dict(config, codec, sp.get_piece_size())
     first_init = {"init_parts": {"vision_encoder": clip_dir}}
-    tokens_per_image = codec.tokens_per_image
+  from unimodal_jax.models import build
+  # The slots an image read takes (the model's), not the codes an image written takes.
+  tokens_per_image = build.config_from_dict(model).tokens_per_image
   previous = None
   for k, name in enumerate(("stage1", "stage2", "stage3"), start=3):
     stage_dir = os.path.join(workdir, name)
@@ -269,7 +271,7 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   params, _ = checkpoints.restore_params(stage_dir)
   vocab = Vocab.from_sentencepiece(sp, image_codes=codec.codebook_size)
   formatter = formatting.Formatter(sp, vocab, formatting.FormatConfig(
-      max_length=4 * int(config.seq_len), tokens_per_image=codec.tokens_per_image,
+      max_length=4 * int(config.seq_len), tokens_per_image=model_config.tokens_per_image,
       **{**config.format.to_dict(), "text_dropout": 0.0}))
   seed = int(config.data.eval_seed)
   s = evaluate.ImageSampling(guidance=float(e.guidance), temperature=float(e.image_temperature),
