@@ -47,7 +47,7 @@ from unimodal_jax.models import vae as vae_lib
 from unimodal_jax.models import vit
 from unimodal_jax.models.decoder import ACT_HIDDEN, Decoder
 from unimodal_jax.models.decoder_config import DecoderConfig
-from unimodal_jax.models.illume import merge_tokens, splice_image_features
+from unimodal_jax.models.illume import check_token_merge, merge_tokens, splice_image_features
 from unimodal_jax.models.model_config import ModelConfig
 
 KIND = "dreamllm"
@@ -86,9 +86,7 @@ class DreamLLMConfig(ModelConfig):
     if not -self.vision.num_layers - 1 <= self.feature_layer < self.vision.num_layers + 1:
       raise ValueError(f"model.feature_layer={self.feature_layer} is not a hidden state of a "
                        f"{self.vision.num_layers}-layer ViT")
-    if self.token_merge < 1 or self.vision.grid_size % self.token_merge:
-      raise ValueError(f"model.token_merge={self.token_merge} must be a positive divisor of the "
-                       f"encoder's {self.vision.grid_size} x {self.vision.grid_size} patch grid")
+    check_token_merge(self.token_merge, self.vision)
     if self.pixel_patch < 1 or (self.vae and self.pixel_patch != 1):
       raise ValueError(f"model.pixel_patch={self.pixel_patch}: a positive fold of the pixels, "
                        "and 1 with a VAE (it makes the latents)")

@@ -65,9 +65,7 @@ class IllumeConfig(ModelConfig):
     if not -self.vision.num_layers - 1 <= self.feature_layer < self.vision.num_layers + 1:
       raise ValueError(f"model.feature_layer={self.feature_layer} is not a hidden state of a "
                        f"{self.vision.num_layers}-layer ViT")
-    if self.token_merge < 1 or self.vision.grid_size % self.token_merge:
-      raise ValueError(f"model.token_merge={self.token_merge} must be a positive divisor of the "
-                       f"encoder's {self.vision.grid_size} x {self.vision.grid_size} patch grid")
+    check_token_merge(self.token_merge, self.vision)
 
   @property
   def vocab(self) -> Vocab:
@@ -118,6 +116,13 @@ class VisionAdapter(nn.Module):
     x = dense(cfg.adapter_hidden or llm.hidden_size, "fc1", (None, "mlp"))(x)
     x = nn.gelu(x, approximate=False)
     return dense(llm.hidden_size, "fc2", ("mlp", "embed"))(x)
+
+
+def check_token_merge(k: int, vision: vit.VitConfig):
+  """Refuses a merge that does not tile the encoder's patch grid (ILLUME's and DreamLLM's)."""
+  if k < 1 or vision.grid_size % k:
+    raise ValueError(f"model.token_merge={k} must be a positive divisor of the encoder's "
+                     f"{vision.grid_size} x {vision.grid_size} patch grid")
 
 
 def merge_tokens(patches, k: int):
@@ -224,5 +229,5 @@ GROUP_PATTERNS = {
 }
 
 
-__all__ = ["IllumeConfig", "Illume", "VisionAdapter", "merge_tokens", "splice_image_features", "GROUP_PATTERNS",
+__all__ = ["IllumeConfig", "Illume", "VisionAdapter", "check_token_merge", "merge_tokens", "splice_image_features", "GROUP_PATTERNS",
            "KIND"]

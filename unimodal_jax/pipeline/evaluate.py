@@ -154,8 +154,8 @@ class CodeDrawer:
   """ILLUME draws: image codes sampled after <image_start> with classifier-free guidance (the
   prompt masked), then the pixel decoder (codec.detokenize)."""
 
-  def __init__(self, model, params, config, formatter, codec, s: ImageSampling, batch: int = 32):
-    self.model, self.params, self.config, self.formatter = model, params, config, formatter
+  def __init__(self, model, params, formatter, codec, s: ImageSampling, batch: int = 32):
+    self.model, self.params, self.formatter = model, params, formatter
     self.codec, self.s, self.batch = codec, s, batch
 
   def placeholder(self, role: str = "") -> Segment:

@@ -281,7 +281,7 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   und = evaluate.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
                                int(e.vqa_per_kind), int(e.batch), log=log)
   t_und = time.time() - t
-  draw = evaluate.CodeDrawer(model, params, model_config, formatter, codec, s, int(e.batch))
+  draw = evaluate.CodeDrawer(model, params, formatter, codec, s, int(e.batch))
   t = time.time()
   gen, prompts, gen_images = evaluate.generation(draw, formatter, seed,
                                                  int(e.geneval_per_category), log=log)
