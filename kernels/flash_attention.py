@@ -20,7 +20,7 @@ Why: the reference materializes [batch, heads, Lq, Lk] float32 logits; these ker
   last dim must be a multiple of 128 or the whole dim.
 - GPU (Triton): the same tile functions, with the loops inside the kernel (Triton keeps no
   scratch across grid steps); forward and both backward kernels. Lowering is checked on CPU and
-  they run in interpret mode there; they have not run on a GPU.
+  they run in interpret mode there; tools/device_check.py times them against cuDNN on an H100.
 
 Lengths are padded to block multiples: padded keys are masked out, padded query rows are dropped
 (their cotangent is zero, so they add nothing to dk/dv).
@@ -52,23 +52,45 @@ class FlashBlockSizes:
   """Tile sizes, clamped to the (128-rounded) sequence lengths.
 
   TPU tiles are multiples of 128 (kv on lanes, and the kv segment ids are a lane-dense row);
-  Triton tiles are powers of two kept in registers, hence smaller. The defaults are untuned.
+  the TPU defaults are untuned. Triton tiles are powers of two kept in registers, hence smaller;
+  gpu_num_warps / gpu_num_stages are Triton's launch parameters (warps per program, software
+  pipeline depth of the kv loop), *_bwd those of both backward kernels.
+
+  GPU defaults from `tools/bench_flash_gpu.py` on an H100 (bf16, causal, head_dim 128, jax
+  0.11.2; docs/results.md, 2026-11-27): the forward's 128 x 32 tiles, 4 warps, 3 stages run
+  within 2% of the fastest of 24 (128 x 128, 8 warps) and 10% faster than the former 64 x 64,
+  2 stages, while their pipelined k/v tiles (3 stages x 2 x 32 rows) stay small enough for
+  shared memory at head_dim 256 or in float32, where the fastest's do not. The backward's
+  64 x 64, 4 warps, 2 stages were the fastest of the 20 tried.
   """
   block_q: int = 512
   block_kv: int = 512
   block_q_bwd: int = 256
   block_kv_bwd: int = 256
-  gpu_block_q: int = 64
-  gpu_block_kv: int = 64
+  gpu_block_q: int = 128
+  gpu_block_kv: int = 32
+  gpu_block_q_bwd: int = 64
+  gpu_block_kv_bwd: int = 64
+  gpu_num_warps: int = 4
+  gpu_num_warps_bwd: int = 4
+  gpu_num_stages: int = 3
+  gpu_num_stages_bwd: int = 2
 
   def __post_init__(self):
     for name in ("block_q", "block_kv", "block_q_bwd", "block_kv_bwd"):
       if getattr(self, name) <= 0 or getattr(self, name) % 128:
         raise ValueError(f"{name}={getattr(self, name)} must be a positive multiple of 128")
-    for name in ("gpu_block_q", "gpu_block_kv"):
+    for name in ("gpu_block_q", "gpu_block_kv", "gpu_block_q_bwd", "gpu_block_kv_bwd"):
       v = getattr(self, name)
       if v < 16 or v & (v - 1):
         raise ValueError(f"{name}={v} must be a power of two >= 16 (Triton)")
+    for name in ("gpu_num_warps", "gpu_num_warps_bwd"):
+      v = getattr(self, name)
+      if v < 1 or v & (v - 1) or v > 16:
+        raise ValueError(f"{name}={v} must be 1, 2, 4, 8 or 16 (Triton)")
+    for name in ("gpu_num_stages", "gpu_num_stages_bwd"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
 
 
 def _round_up(n: int, m: int) -> int:
@@ -157,6 +179,7 @@ class _Plan:
   fused: bool  # TPU [B, L, H*D] layout
   backend: str  # 'tpu' | 'gpu'
   interpret: object
+  gpu_launch: tuple  # Triton (warps, stages) of the forward, then of the backward
 
   @property
   def group(self):
@@ -489,9 +512,10 @@ def _gpu_specs(plan, has_seg, q_spec, kv_index):
   return specs
 
 
-def _triton_params():
+def _triton_params(plan, backward=False):
   from jax.experimental.pallas import triton as pltriton
-  return pltriton.CompilerParams(num_warps=4, num_stages=2)
+  warps, stages = plan.gpu_launch[2:] if backward else plan.gpu_launch[:2]
+  return pltriton.CompilerParams(num_warps=warps, num_stages=stages)
 
 
 def _gpu_fwd(plan, q, k, v, q_seg, kv_seg):
@@ -509,7 +533,7 @@ def _gpu_fwd(plan, q, k, v, q_seg, kv_seg):
       in_specs=in_specs,
       out_specs=(pl.BlockSpec((None, None, plan.bq, plan.head_dim), lambda bi, h, i: (bi, h, i, 0)),
                  pl.BlockSpec((None, None, plan.bq, 1), lambda bi, h, i: (bi, h, i, 0))),
-      compiler_params=_triton_params(),
+      compiler_params=_triton_params(plan),
       interpret=plan.interpret,
       name="flash_attention_fwd_gpu",
   )(*args)
@@ -522,7 +546,7 @@ def _gpu_dkv_kernel(*refs, plan, has_seg):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref = refs
     qs_ref = ks_ref = None
   j = pl.program_id(2)
-  bq, bk = plan.bq, plan.bk
+  bq, bk = plan.bq_bwd, plan.bk_bwd
   nq = plan.q_pad // bq
   kv = pl.ds(pl.multiple_of(j * bk, bk), bk)
   k, v = k_ref[kv, :], v_ref[kv, :]
@@ -554,7 +578,7 @@ def _gpu_dq_kernel(*refs, plan, has_seg):
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref = refs
     qs_ref = ks_ref = None
   i = pl.program_id(2)
-  bq, bk = plan.bq, plan.bk
+  bq, bk = plan.bq_bwd, plan.bk_bwd
   nk = plan.kv_pad // bk
   q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
 
@@ -575,7 +599,7 @@ def _gpu_dq_kernel(*refs, plan, has_seg):
 def _gpu_bwd(plan, q, k, v, q_seg, kv_seg, do, lse, delta):
   b = q.shape[0]
   g, d = plan.group, plan.head_dim
-  bq, bk = plan.bq, plan.bk
+  bq, bk = plan.bq_bwd, plan.bk_bwd
   has_seg = q_seg is not None
   seg_args = [q_seg, kv_seg] if has_seg else []
 
@@ -594,7 +618,7 @@ def _gpu_bwd(plan, q, k, v, q_seg, kv_seg, do, lse, delta):
       grid=(b, plan.kv_heads, plan.kv_pad // bk),
       in_specs=in_specs,
       out_specs=(kv_out, kv_out),
-      compiler_params=_triton_params(),
+      compiler_params=_triton_params(plan, backward=True),
       interpret=plan.interpret,
       name="flash_attention_dkv_gpu",
   )(q, k, v, *seg_args, do, lse, delta)
@@ -612,7 +636,7 @@ def _gpu_bwd(plan, q, k, v, q_seg, kv_seg, do, lse, delta):
       grid=(b, plan.heads, plan.q_pad // bq),
       in_specs=in_specs,
       out_specs=pl.BlockSpec((None, None, bq, d), row_map),
-      compiler_params=_triton_params(),
+      compiler_params=_triton_params(plan, backward=True),
       interpret=plan.interpret,
       name="flash_attention_dq_gpu",
   )(q, k, v, *seg_args, do, lse, delta)
@@ -706,10 +730,13 @@ def flash_attention(q, k, v, *, causal=True, segment_ids=None, impl="auto", inte
   bs = block_sizes or FlashBlockSizes()
   if path == "gpu":
     d_lay = max(16, pl.next_power_of_2(d))  # Triton: power-of-two dims, dots need >= 16
-    bq = min(bs.gpu_block_q, max(16, pl.next_power_of_2(lq)))
-    bk = min(bs.gpu_block_kv, max(16, pl.next_power_of_2(lk)))
-    bq_bwd, bk_bwd, fused = bq, bk, False
-    q_pad, kv_pad = _round_up(lq, bq), _round_up(lk, bk)
+    bq, bq_bwd = (min(x, max(16, pl.next_power_of_2(lq))) for x in (bs.gpu_block_q,
+                                                                   bs.gpu_block_q_bwd))
+    bk, bk_bwd = (min(x, max(16, pl.next_power_of_2(lk))) for x in (bs.gpu_block_kv,
+                                                                   bs.gpu_block_kv_bwd))
+    fused = False
+    # Powers of two: the larger of the forward and backward tiles is a multiple of both.
+    q_pad, kv_pad = _round_up(lq, max(bq, bq_bwd)), _round_up(lk, max(bk, bk_bwd))
   else:
     d_lay = d
     bq, bq_bwd = (min(x, _round_up(lq, 128)) for x in (bs.block_q, bs.block_q_bwd))
@@ -718,7 +745,9 @@ def flash_attention(q, k, v, *, causal=True, segment_ids=None, impl="auto", inte
     fused = d % 128 == 0
   plan = _Plan(causal=bool(causal), scale=1.0 / math.sqrt(d), heads=h, kv_heads=hk,
                head_dim=d_lay, q_len=lq, kv_len=lk, q_pad=q_pad, kv_pad=kv_pad, bq=bq, bk=bk,
-               bq_bwd=bq_bwd, bk_bwd=bk_bwd, fused=fused, backend=path, interpret=interpret)
+               bq_bwd=bq_bwd, bk_bwd=bk_bwd, fused=fused, backend=path, interpret=interpret,
+               gpu_launch=(bs.gpu_num_warps, bs.gpu_num_stages, bs.gpu_num_warps_bwd,
+                           bs.gpu_num_stages_bwd))
 
   def lay_out(x, length):
     x = _pad_seq(x, length)

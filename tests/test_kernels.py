@@ -241,6 +241,19 @@ def test_flash_attention_gpu_kernels_interpret(b, length, heads, kv_heads, d, ca
   _check_attention(b, length, heads, kv_heads, d, causal, n_segments, dtype, platform="gpu")
 
 
+def test_flash_attention_gpu_kernels_with_their_own_backward_tiles():
+  """Backward tiles unlike the forward's, both ways round (the lengths pad to the larger), and
+  other launch parameters: causal skipping, GQA sums and segments stay exact."""
+  sizes = FlashBlockSizes(gpu_block_q=64, gpu_block_kv=16, gpu_block_q_bwd=16,
+                          gpu_block_kv_bwd=32, gpu_num_warps=8, gpu_num_stages=3,
+                          gpu_num_warps_bwd=2, gpu_num_stages_bwd=1)
+  _check_attention(1, 100, 4, 2, 16, True, 2, jnp.float32, platform="gpu", block_sizes=sizes)
+  with pytest.raises(ValueError, match="gpu_num_warps=3"):
+    FlashBlockSizes(gpu_num_warps=3)
+  with pytest.raises(ValueError, match="gpu_block_kv_bwd=48"):
+    FlashBlockSizes(gpu_block_kv_bwd=48)
+
+
 def test_flash_attention_tpu_simulator():
   """TPU interpreter (NaN-filled fresh buffers), unequal forward and backward tiles (the
   lengths pad to both), causal skipping on both kernels of the backward."""
