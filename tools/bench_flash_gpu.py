@@ -194,9 +194,10 @@ def main(argv=None):
     record({"final": row})
     final.append(row)
   changed = {f: getattr(best, f) for f in best.__dataclass_fields__ if f.startswith("gpu_")}
-  print(json.dumps({"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
-                    "best": changed, "final": final,
-                    "wall_s": round(time.perf_counter() - start, 1)}))
+  result = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+            "best": changed, "final": final, "wall_s": round(time.perf_counter() - start, 1)}
+  print(json.dumps(result))
+  return result
 
 
 if __name__ == "__main__":

@@ -126,18 +126,20 @@ def get_config(arg=None):
   c.seed = 0  # shifts every stage's seed
   joint = {"lm_loss_weight": 1.0, "diffusion_loss_weight": 1.0}
   # Steps sized for the 20-minute budget on 2 cores (each stage also pays ~50 s of compile,
-  # set-up and checkpoints): 60 / 300 / 240 steps took 1,337 s, 40 / 260 / 200 took 1,108 s
-  # (docs/results.md, 2026-11-27).
+  # set-up and checkpoints). With 16 read slots the job ran 740-787 s at 40 / 260 / 200 steps;
+  # 40 / 360 / 280 took 810 / 822 s on a machine ~12% faster and raised POPE-style from 0.57 /
+  # 0.59 to 0.65 / 0.74, GenEval-style from 0.11 / 0.11 to 0.17 / 0.14 (stage seeds 0 / 1;
+  # docs/results.md, 2026-11-27, night).
   c.stages = {
       "stage1": _stage(20 if micro else 40, 8 if micro else 32,
                        _groups(("1", "1_comprehension"), 3e-3), joint,
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0},
                        5 if micro else 10, 1),
-      "stage2": _stage(20 if micro else 260, 8 if micro else 32, _groups(("2",), 2e-3),
+      "stage2": _stage(20 if micro else 360, 8 if micro else 32, _groups(("2",), 2e-3),
                        stages.loss_weights(2),
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
                         "conversation": 1.0, "dialogue": 2.0}, 5 if micro else 30, 2),
-      "stage3": _stage(20 if micro else 200, 8 if micro else 32, _groups(("3",), 1e-3),
+      "stage3": _stage(20 if micro else 280, 8 if micro else 32, _groups(("3",), 1e-3),
                        stages.loss_weights(3),
                        {"conversation": 1.0, "dialogue": 2.0, "geneval": 1.5,
                         "text_to_image": 0.5, "caption": 0.5}, 5 if micro else 30, 3),
