@@ -121,3 +121,13 @@ def test_main_job_runs_on_the_shipped_parts(tmp_path):
       "semantic_tokenizer"]
   assert results["model"]["tokens_per_image"] == 64
   assert results["model"]["image_codes"] == full.tokenizer.tokenizer.codebook_size
+
+
+def test_an_unknown_code_embedding_init_is_named_before_any_phase(tmp_path):
+  from experiments.tiny import illume_shapes
+  from unimodal_jax.pipeline import recipe
+  config = illume_shapes.get_config("micro")
+  config.code_embedding_init = "bogus"
+  with pytest.raises(ValueError, match="code_embedding_init='bogus'"):
+    recipe.run(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()

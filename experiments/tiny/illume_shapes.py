@@ -58,6 +58,12 @@ def get_config(arg=None):
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
                head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
   c.adapter_hidden = 0
+  # How stage 1 starts the 2,048 image codes' embedding and head rows: "normal" (random, as
+  # ILLUME) or "codebook" (random plus the code's codebook vector through a fixed random
+  # projection, train/initialization.py). A trial of "codebook" (3 stage seeds, 2026-11-27):
+  # POPE-style 0.727 ± 0.058 against 0.619 ± 0.136, GenEval-style 0.169 ± 0.043 against
+  # 0.181 ± 0.054 (docs/results.md); to become the default once rerun from this code.
+  c.code_embedding_init = "normal"
   # The ViT hidden state the LLM reads: the last, the one the tokenizer quantizes. One run each
   # (2026-11-22, everything else equal): -1 POPE-style 0.69, 0 (the patch embeddings) 0.73, 1
   # 0.59, so no layer stands out beyond run-to-run spread, though an MLP probe for "is there a

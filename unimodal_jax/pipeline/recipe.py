@@ -121,7 +121,7 @@ def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: 
 
 def _illume_tokenizer(config, workdir, progress, skip, finish):
   """Phase 1 of ILLUME's job: CLIP, semantic VQ, pixel decoder; shipped (pretrained.py) or
-  trained here. Returns (the ImageCodec, the CLIP's directory)."""
+  trained here. Returns (the ImageCodec, the CLIP's directory, the tokenizer's directory)."""
   from unimodal_jax import pretrained
   shipped = str(config.get("pretrained", pretrained.NONE))
   if shipped != pretrained.NONE:
@@ -146,13 +146,18 @@ def _illume_tokenizer(config, workdir, progress, skip, finish):
       figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
       finish("tokenizer", figures, t0, fp)
   from unimodal_jax.models.image_codec import ImageCodec
-  return ImageCodec.load(tok_dir, clip_workdir), clip_workdir or os.path.join(tok_dir, "clip")
+  return (ImageCodec.load(tok_dir, clip_workdir), clip_workdir or os.path.join(tok_dir, "clip"),
+          os.path.join(tok_dir, "tokenizer"))
 
 
 def run(config, workdir: str, *, log=print) -> dict:
   kind = str(config.get("model_kind", "illume"))
   if kind not in KINDS:
     raise ValueError(f"config.model_kind={kind!r}; expected one of {KINDS}")
+  code_init = str(config.get("code_embedding_init", "normal"))  # ILLUME's image-code rows
+  if code_init not in ("normal", "codebook"):
+    raise ValueError(f"config.code_embedding_init={code_init!r}: expected 'normal' or "
+                     f"'codebook'")
   os.makedirs(workdir, exist_ok=True)
   done = _load_phases(workdir)
   progress = Progress(len(PHASES), log)
@@ -189,7 +194,7 @@ def run(config, workdir: str, *, log=print) -> dict:
     tokenize, codec = None, None
   else:
     first = "tokenizer"
-    codec, clip_dir = _illume_tokenizer(config, workdir, progress, skip, finish)
+    codec, clip_dir, tokenizer_dir = _illume_tokenizer(config, workdir, progress, skip, finish)
     tokenize = codec.tokenize
 
   # 2. Pre-tokenized data and the text tokenizer.
@@ -221,6 +226,9 @@ def run(config, workdir: str, *, log=print) -> dict:
   else:
     model = model_dict(config, codec, sp.get_piece_size())
     first_init = {"init_parts": {"vision_encoder": clip_dir}}
+    if code_init == "codebook":
+      from unimodal_jax.train.initialization import CODEBOOK_PART
+      first_init["init_parts"][CODEBOOK_PART] = tokenizer_dir
   from unimodal_jax.models import build
   # The slots an image read takes (the model's), not the codes an image written takes.
   tokens_per_image = build.config_from_dict(model).tokens_per_image
