@@ -28,11 +28,11 @@ import itertools
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # device_check's timer
 
 # Likely-good first: a budget cut keeps the front of each list.
 FORWARD_TILES = [(128, 64), (64, 64), (128, 32), (64, 32), (128, 128), (64, 128)]
@@ -69,14 +69,10 @@ def _log(*args):
 
 
 def _median_ms(fn, runs):
+  """Median ms of fn() after one warm-up (the compile): device_check.py's timer."""
   import jax
-  jax.block_until_ready(fn())  # warm-up, the compile included
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  from device_check import _median_s
+  return _median_s(lambda: jax.block_until_ready(fn()), runs, warmup=1) * 1e3
 
 
 def _geomean(xs):
