@@ -62,6 +62,14 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
                          timeout=600)
   assert again.returncode == 0 and again.stdout.count("done earlier") == 6
 
+  # A copy of the workdir elsewhere (a pod's workdir fetched to a laptop) is still finished.
+  moved = tmp_path.parent / (tmp_path.name + "-moved")
+  shutil.copytree(tmp_path, moved)
+  there = subprocess.run(_command(moved), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600)
+  assert there.returncode == 0 and there.stdout.count("done earlier") == 6, there.stdout[-3000:]
+  shutil.rmtree(moved)
+
   # A finished phase whose output was deleted runs again, and so does every phase after it.
   shutil.rmtree(tmp_path / "stage3")
   rerun = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
@@ -131,3 +139,24 @@ def test_an_unknown_code_embedding_init_is_named_before_any_phase(tmp_path):
   with pytest.raises(ValueError, match="code_embedding_init='bogus'"):
     recipe.run(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
+
+
+def test_fingerprints_name_the_workdir_and_repository_not_their_paths():
+  """Phases recorded in one place are recognized in another: absolute paths inside the workdir
+  or the repository become placeholders, whole path components only, nested fingerprints
+  (escaped JSON) included; a workdir inside the repository is named as the workdir."""
+  from unimodal_jax.pipeline import recipe
+  places = {"/runs/w": "<workdir>", "/src/repo": "<repo>", "/src/repo/out/a": "<workdir>"}
+  inner = recipe._fingerprint({"data": "/runs/w/data/caption", "parts": "/src/repo/shipped"})
+  outer = recipe._fingerprint([{"init": "/runs/w/stage1", "other": "/runs/w2/x",
+                                "here": "/src/repo/out/a/stage2"}, inner], places)
+  assert "/runs/w/" not in outer and "/runs/w2/x" in outer  # /runs/w is not /runs/w2
+  assert '"<workdir>/stage1"' in outer and '"<workdir>/stage2"' in outer
+  assert recipe._relocated(inner, places) == recipe._fingerprint(
+      {"data": "/runs/w/data/caption", "parts": "/src/repo/shipped"}, places)
+  assert "<workdir>/data/caption" in outer and "<repo>/shipped" in outer
+  moved = {"/elsewhere/w": "<workdir>", "/other/clone": "<repo>"}
+  assert outer == recipe._fingerprint(
+      [{"init": "/elsewhere/w/stage1", "other": "/runs/w2/x", "here": "/elsewhere/w/stage2"},
+       recipe._fingerprint({"data": "/elsewhere/w/data/caption",
+                            "parts": "/other/clone/shipped"})], moved)

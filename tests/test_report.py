@@ -29,6 +29,19 @@ def test_samples_grid_has_no_empty_cells(tmp_path):
     np.testing.assert_array_equal(grid[y:y + 128:4, x + 128:x + 256:4], pair[1])
 
 
+@pytest.mark.parametrize("total", [3, 8, 120, 300, 301])
+def test_samples_are_exactly_n_spread_over_every_category(total):
+  """The grid's prompts: exactly `samples` of them (all when fewer), one from each stretch of the
+  category-grouped prompt list; a stride of len // n gave 9 cells of 8 for 300 prompts."""
+  picked = report.evenly_spaced(range(total), 8)
+  assert len(picked) == min(total, 8)
+  assert picked == sorted(set(picked))
+  if total >= 8:
+    # Six categories of equal size: every one shows.
+    assert {p * 6 // total for p in picked} == set(range(6))
+  assert report.evenly_spaced(range(total), 0) == []
+
+
 def test_pope_auc_equals_sklearn_roc_auc():
   """The yes - no logit ranking AUC of evaluate.understanding is the ROC curve's area (ties
   half), 0.5 for a constant margin, and 0.5 with one class missing."""

@@ -161,9 +161,8 @@ def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: di
   results_lib.write_json(os.path.join(workdir, "results.json"), results)
   report.write_markdown(os.path.join(workdir, "results.md"), results)
   n = int(e.samples)
-  step = max(1, len(prompts) // n)
-  report.write_samples(os.path.join(workdir, "samples.png"),
-                       [(p["prompt"], im) for p, im in zip(prompts[::step], images[::step])], [])
+  report.write_samples(os.path.join(workdir, "samples.png"), report.evenly_spaced(
+      [(p["prompt"], im) for p, im in zip(prompts, images)], n), [])
   log(json.dumps({"pope_overall": und["pope_overall"], "geneval_overall": gen["overall"]}))
   return results
 

@@ -14,12 +14,15 @@
 
 A phase is skipped when phases.json records it as finished with the same config and its output
 is still there; a killed phase restarts (training phases resume from their last checkpoint), and
-every phase after one that ran runs too.
+every phase after one that ran runs too. The recorded configs name paths relative to the workdir
+and the repository, so a workdir copied to another machine or directory (or evaluated from
+another clone) is still recognized as finished.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import ml_collections
@@ -56,8 +59,23 @@ def _load_phases(workdir):
   return {}
 
 
-def _fingerprint(obj) -> str:
-  return json.dumps(obj, sort_keys=True, default=str)
+def _fingerprint(obj, places: dict[str, str] | None = None) -> str:
+  return _relocated(json.dumps(obj, sort_keys=True, default=str), places or {})
+
+
+def _places(workdir: str) -> dict[str, str]:
+  """Where the workdir and the repository are, and the names fingerprints give them."""
+  from unimodal_jax import pretrained
+  return {os.path.abspath(workdir): "<workdir>", pretrained.REPO_ROOT: "<repo>"}
+
+
+def _relocated(fingerprint: str, places: dict[str, str]) -> str:
+  """`fingerprint` with each absolute path inside a place renamed after the place, so that the
+  same config in a moved workdir or another clone reads the same. Longest first: a workdir may
+  lie inside the repository. Only whole path components match (/tmp/w is not /tmp/w2)."""
+  for path in sorted(places, key=len, reverse=True):
+    fingerprint = re.sub(re.escape(path) + r'(?=[/"\\]|$)', places[path], fingerprint)
+  return fingerprint
 
 
 def _texts_for_tokenizer(config):
@@ -119,7 +137,7 @@ def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: 
   return c
 
 
-def _illume_tokenizer(config, workdir, progress, skip, finish):
+def _illume_tokenizer(config, workdir, progress, skip, finish, fingerprint):
   """Phase 1 of ILLUME's job: CLIP, semantic VQ, pixel decoder; shipped (pretrained.py) or
   trained here. Returns (the ImageCodec, the CLIP's directory, the tokenizer's directory)."""
   from unimodal_jax import pretrained
@@ -128,7 +146,7 @@ def _illume_tokenizer(config, workdir, progress, skip, finish):
     tok_dir = pretrained.resolve(shipped, config.tokenizer)  # raises if trained with another
     clip_workdir = ""
     # The weights themselves: parts shipped again (retrained) make every later phase run again.
-    fp = _fingerprint([config.tokenizer.to_dict(), tok_dir] + [
+    fp = fingerprint([config.tokenizer.to_dict(), tok_dir] + [
         pretrained.weights_digest(tok_dir, part) for part in pretrained.PARTS])
     if not skip(1, "tokenizer", fp, tok_dir):
       lg, t0 = progress.phase(1, "tokenizer", f"(shipped: {shipped})"), time.time()
@@ -139,7 +157,7 @@ def _illume_tokenizer(config, workdir, progress, skip, finish):
   else:
     tok_dir = os.path.join(workdir, "tokenizer")
     clip_workdir = config.tokenizer.encoder.clip_workdir
-    fp = _fingerprint(config.tokenizer.to_dict())
+    fp = fingerprint(config.tokenizer.to_dict())
     if not skip(1, "tokenizer", fp, tok_dir):
       lg, t0 = progress.phase(1, "tokenizer"), time.time()
       from unimodal_jax.train import tokenizer as tokenizer_lib
@@ -159,7 +177,12 @@ def run(config, workdir: str, *, log=print) -> dict:
     raise ValueError(f"config.code_embedding_init={code_init!r}: expected 'normal' or "
                      f"'codebook'")
   os.makedirs(workdir, exist_ok=True)
-  done = _load_phases(workdir)
+  places = _places(workdir)
+  fingerprint = lambda obj: _fingerprint(obj, places)
+  # Workdirs written before fingerprints named places hold absolute paths: read them as if
+  # they had (they name this workdir, or they are of another config anyway).
+  done = {name: dict(phase, config=_relocated(phase["config"], places))
+          for name, phase in _load_phases(workdir).items()}
   progress = Progress(len(PHASES), log)
   wall = time.time()
 
@@ -185,7 +208,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   if kind == "dreamllm":
     from unimodal_jax.pipeline import dreamllm_parts
     first = "parts"
-    fp = _fingerprint(dreamllm_parts.fingerprint_inputs(config))
+    fp = fingerprint(dreamllm_parts.fingerprint_inputs(config))
     parts = dreamllm_parts.locate(config, workdir)
     if not skip(1, first, fp, parts.decoder_dir):
       lg, t0 = progress.phase(1, first), time.time()
@@ -194,14 +217,15 @@ def run(config, workdir: str, *, log=print) -> dict:
     tokenize, codec = None, None
   else:
     first = "tokenizer"
-    codec, clip_dir, tokenizer_dir = _illume_tokenizer(config, workdir, progress, skip, finish)
+    codec, clip_dir, tokenizer_dir = _illume_tokenizer(config, workdir, progress, skip, finish,
+                                                        fingerprint)
     tokenize = codec.tokenize
 
   # 2. Pre-tokenized data and the text tokenizer.
   data_dir = os.path.join(workdir, "data")
   spm_path = os.path.join(data_dir, "spm.model")
   text_model_type = str(config.get("text_model_type", "unigram"))
-  fp = _fingerprint([config.data.to_dict(), config.text_vocab_size, text_model_type,
+  fp = fingerprint([config.data.to_dict(), config.text_vocab_size, text_model_type,
                      done[first]["config"]])
   if not skip(2, "data", fp, spm_path):
     lg, t0 = progress.phase(2, "data"), time.time()
@@ -237,7 +261,7 @@ def run(config, workdir: str, *, log=print) -> dict:
     stage_dir = os.path.join(workdir, name)
     init = first_init if previous is None else {"init_from": previous}
     cfg = stage_config(config, name, model, data_dir, spm_path, tokens_per_image, init)
-    fp = _fingerprint([cfg.to_dict(), done["data"]["config"]])
+    fp = fingerprint([cfg.to_dict(), done["data"]["config"]])
     if not skip(k, name, fp, stage_dir):
       lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
                                    f"{cfg.seq_len})")
@@ -250,7 +274,7 @@ def run(config, workdir: str, *, log=print) -> dict:
     previous = stage_dir
 
   # 6. Evaluation.
-  fp = _fingerprint([config.eval.to_dict(), done["stage3"]["config"]])
+  fp = fingerprint([config.eval.to_dict(), done["stage3"]["config"]])
   if not skip(6, "eval", fp, os.path.join(workdir, "results.json")):
     lg, t0 = progress.phase(6, "eval"), time.time()
     if kind == "dreamllm":
@@ -314,8 +338,8 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   report.write_markdown(os.path.join(workdir, "results.md"), results)
   n = int(e.samples)
   report.write_samples(os.path.join(workdir, "samples.png"),
-                       [(p["prompt"], im) for p, im in zip(prompts[::max(1, len(prompts) // n)],
-                                                           gen_images[::max(1, len(prompts) // n)])],
+                       report.evenly_spaced([(p["prompt"], im)
+                                             for p, im in zip(prompts, gen_images)], n),
                        [(ins, pair) for ins, pair in zip(instructions[:n // 2],
                                                          edit_images[:n // 2])])
   return results

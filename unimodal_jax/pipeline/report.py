@@ -89,6 +89,18 @@ def _cell(image: np.ndarray, caption: str, scale: int = 4, width: int = 30) -> I
   return cell
 
 
+def evenly_spaced(items, n: int) -> list:
+  """`n` of `items` (all if fewer) spread over the whole list: the evaluation's prompts come
+  grouped by category, so every category shows in the grid, which keeps exactly `n` cells (a
+  stride would give n + 1 whenever len(items) is not a multiple of n)."""
+  items = list(items)
+  if n <= 0:
+    return []
+  if len(items) <= n:
+    return items
+  return [items[i * len(items) // n] for i in range(n)]
+
+
 def write_samples(path: str, generations, edits, cols: int = 4) -> None:
   """A grid: prompts with their generated images (`cols` per row), then edits (source | result,
   twice as wide, half as many per row) with their instructions; each section packs its own
