@@ -15,7 +15,9 @@ codebook usage 0.967, perplexity 1,622, 64 tokens per image; the judge finds the
 0.915 of detokenize(encode(image)) (target 0.9; on 1,000 held-out scenes 0.900, and 0.912 with
 guidance 3 and another seed; the pixel VQ baseline at 64 tokens: 0.45; the originals: 1.0).
 Tokenizer 1,500 steps 712 s, pixel decoder 6,000 steps 3,693 s, baseline 1,418 s; the CLIP
-:patch4 took 783 s (shared too). With 4,000 pixel-decoder steps the judge read 0.87 (0.868 on
+:patch4 took 783 s (shared too); alone, inside ILLUME's main job with
+`--config.pretrained=none` (2026-11-27): CLIP 665 s, tokenizer 451 s, pixel decoder 2,294 s, the
+judge 0.915. With 4,000 pixel-decoder steps the judge read 0.87 (0.868 on
 1,000 scenes). What is still lost is mostly small crosses drawn as circles: the same pixel
 decoder conditioned on the CLIP's unquantized features judges 0.97. The same experiment on 8 px
 patches (16 tokens per image, 512 codes) reached 0.26: a small shape then spans parts of several
