@@ -16,7 +16,7 @@ CONFIG = os.path.join(REPO, "experiments", "tiny", "illume_shapes.py") + ":micro
 
 def _command(workdir):
   return [sys.executable, "-m", "unimodal_jax.pipeline", "--config=" + CONFIG,
-          "--workdir=" + str(workdir)]
+          "--workdir=" + str(workdir), "--config.self_assessment.enabled=True"]
 
 
 @pytest.mark.slow
@@ -27,7 +27,7 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   seen = []
   for line in proc.stdout:  # kill it once stage 2 has started training
     seen.append(line)
-    if "[4/6 stage2]" in line and "training" in line:
+    if "[4/7 stage2]" in line and "training" in line:
       time.sleep(3)
       proc.send_signal(signal.SIGKILL)
       break
@@ -41,7 +41,7 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   for name in ("tokenizer", "data", "stage1"):
     assert f"{name} done earlier" in out.stdout
-  assert "=== [6/6] eval" in out.stdout
+  assert "=== [7/7] eval" in out.stdout
   results = json.load(open(tmp_path / "results.json"))
   und, gen, edit = results["understanding"], results["generation"], results["editing"]
   assert set(und) >= {"pope_random", "pope_popular", "pope_adversarial", "counting", "color",
@@ -51,7 +51,22 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   assert all(0.0 <= v <= 1.0 for v in list(und.values()) + list(gen.values())
              if isinstance(v, float))
   assert "overall" in edit
-  assert set(results["phase_seconds"]) == {"tokenizer", "data", "stage1", "stage2", "stage3"}
+  # Self-assessment: the phase wrote dialogues from prompts of its own seed, stage 3 read them,
+  # and the evaluation asked the model to assess its held-out drawings.
+  from unimodal_jax.data import shards
+  docs = list(shards.read_documents(str(tmp_path / "self_assessment")))
+  assert docs and all(d.id.startswith("shapes/self_assessment/2/") for d in docs)
+  made = json.load(open(tmp_path / "phases.json"))["self_assessment"]["figures"]
+  assert made["drawings"] == 12 and made["documents"] == len(docs)
+  turns = [d.metadata["turns"] for d in docs]
+  assert not made["balanced"] or turns.count(1) == turns.count(2)  # balanced: as many of each
+  stage3_config = json.load(open(tmp_path / "phases.json"))["stage3"]["config"]
+  assert '"self_assessment": {"path": "<workdir>/self_assessment"' in stage3_config
+  assessed = results["self_assessment"]
+  assert assessed["images"] == 12 and 0.0 <= assessed["agreement"] <= 1.0
+  _self_assess_tool_takes_an_external_scorer(tmp_path, env)
+  assert set(results["phase_seconds"]) == {"tokenizer", "data", "stage1", "stage2",
+                                          "self_assessment", "stage3"}
   assert (tmp_path / "results.md").read_text().startswith("# ILLUME on the shapes world")
   assert (tmp_path / "samples.png").stat().st_size > 1000
   # The stage-2 run resumed from its checkpoint rather than starting over.
@@ -60,14 +75,14 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
 
   again = subprocess.run(_command(tmp_path), cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
-  assert again.returncode == 0 and again.stdout.count("done earlier") == 6
+  assert again.returncode == 0 and again.stdout.count("done earlier") == 7
 
   # A copy of the workdir elsewhere (a pod's workdir fetched to a laptop) is still finished.
   moved = tmp_path.parent / (tmp_path.name + "-moved")
   shutil.copytree(tmp_path, moved)
   there = subprocess.run(_command(moved), cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=600)
-  assert there.returncode == 0 and there.stdout.count("done earlier") == 6, there.stdout[-3000:]
+  assert there.returncode == 0 and there.stdout.count("done earlier") == 7, there.stdout[-3000:]
   shutil.rmtree(moved)
 
   # A finished phase whose output was deleted runs again, and so does every phase after it.
@@ -76,11 +91,47 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
                          timeout=600)
   assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
   assert "records stage3 as done but" in rerun.stdout
-  assert rerun.stdout.count("done earlier") == 4  # tokenizer, data, stage1, stage2
-  assert "=== [5/6] stage3 (" in rerun.stdout and "=== [6/6] eval (" in rerun.stdout
+  assert rerun.stdout.count("done earlier") == 5  # tokenizer ... stage2, self_assessment
+  assert "=== [6/7] stage3 (" in rerun.stdout and "=== [7/7] eval (" in rerun.stdout
   # The training loop's progress lines belong to the one display, prefixed with their phase.
-  assert "[5/6 stage3] step     20/20 | loss" in rerun.stdout
+  assert "[6/7 stage3] step     20/20 | loss" in rerun.stdout
   assert json.load(open(tmp_path / "stage3" / "results.json"))["status"] == "completed"
+
+
+def _self_assess_tool_takes_an_external_scorer(workdir, env):
+  """tools/self_assess.py on the finished micro workdir: drawings out for a scorer, its JSON
+  lines back in as dialogues; a line that is not an assessment of its prompt is named."""
+  from unimodal_jax.alignment import self_assessment
+  from unimodal_jax.data import shards
+  from unimodal_jax.data.worlds import geneval
+  prompts = geneval.geneval_prompts(5, 1)[:3]
+  (workdir / "p.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+  tool = [sys.executable, "tools/self_assess.py", "--config=" + CONFIG,
+          "--workdir=" + str(workdir)]
+  drawn = subprocess.run(tool + ["--prompts=" + str(workdir / "p.jsonl"),
+                                 "--images_out=" + str(workdir / "drawn")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert drawn.returncode == 0, drawn.stderr[-3000:]
+  assert sorted(os.listdir(workdir / "drawn")) == ["00000.png", "00001.png", "00002.png",
+                                                   "prompts.jsonl"]
+  verdicts = [{k: "no" for k in self_assessment.aspects_asked(p["spec"])} for p in prompts]
+  verdicts[0] = {k: "yes" for k in verdicts[0]}
+  scorer = workdir / "a.jsonl"
+  scorer.write_text("".join(json.dumps({"assessment": v}) + "\n" for v in verdicts))
+  back = subprocess.run(tool + ["--images=" + str(workdir / "drawn"), "--assessments=" +
+                                str(scorer), "--out=" + str(workdir / "ext")],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert back.returncode == 0, back.stderr[-3000:]
+  assert json.loads(back.stdout.strip().splitlines()[-1])["two_turn"] == 2
+  docs = list(shards.read_documents(str(workdir / "ext")))
+  assert [d.metadata["assessment"] for d in docs] == verdicts
+  scorer.write_text("".join(json.dumps({"assessment": {"object": "maybe"}}) + "\n"
+                            for _ in prompts))
+  bad = subprocess.run(tool + ["--images=" + str(workdir / "drawn"), "--assessments=" +
+                               str(scorer), "--out=" + str(workdir / "ext2")],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "a.jsonl, line 1: {'object': 'maybe'} is not an assessment" in (
+      bad.stderr)
 
 
 def test_a_workdir_of_another_run_identity_is_moved_aside(tmp_path):

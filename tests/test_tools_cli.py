@@ -27,6 +27,8 @@ def test_argparse_tools_help(tool, flags):
 @pytest.mark.parametrize("args,flags", [
     (["tools/aot_compile.py", "--help"], ["--config", "--topology", "v5p-256", "per_chip_hbm"]),
     (["-m", "unimodal_jax.summary", "--help"], ["--config", "forward: run a forward pass"]),
+    (["tools/self_assess.py", "--help"], ["--workdir", "--images_out", "--assessments"]),
+    (["-m", "experiments.illume.table7", "--help"], ["--workdir", "--seeds"]),
 ])
 def test_absl_tools_help(args, flags):
   proc = _run(*args)

@@ -18,8 +18,15 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               six per image ("dialogue"): with dialogues, POPE-style accuracy went from 0.52 to
               0.65 at the same number of steps (0.69 after the tokenizer's first-update
               restarts; docs/results.md)
+  self_assessment  between stages 2 and 3 (ILLUME's self-enhancing alignment): the stage-2
+              model draws for GenEval-style prompts kept apart from evaluation, the judge
+              assesses each drawing, and the assessments become dialogues stage 3 reads
+              (one turn for a right drawing; the assessment and then a right scene's codes for
+              a wrong one). Off by default (it lowered both scores here, docs/results.md);
+              --config.self_assessment.enabled=True runs it
   eval        held-out scenes: POPE-style existence accuracy per split, counting/color/position
-              VQA accuracy, GenEval-style generation scores by the judge, edit success; writes
+              VQA accuracy, GenEval-style generation scores by the judge, edit success, and the
+              model's assessment of its own held-out drawings against the judge's; writes
               DIR/results.md, DIR/results.json and DIR/samples.png
 `:micro` runs every phase in a few seconds each (for tests; its figures mean nothing).
 """
@@ -116,6 +123,18 @@ def get_config(arg=None):
                        {"conversation": 1.0, "dialogue": 2.0, "geneval": 1.5, "text_to_image": 0.5,
                         "edit": 1.0, "caption": 0.5}, 5 if micro else 30),
   }
+  # ILLUME's self-enhancing alignment (alignment/self_assessment.py), a phase between stages 2
+  # and 3 when enabled: the stage-2 model draws for per_category GenEval-style prompts of each
+  # category, from prompt_seed's stream (never the evaluation's eval_seed), sampled as the
+  # evaluation samples; the judge assesses each drawing; stage 3 reads the dialogues as one more
+  # source of this weight. Off by default: in Table 7 in miniature (python -m
+  # experiments.illume.table7, stage seeds 0-2, 2026-11-27, docs/results.md) it lowered
+  # GenEval-style 0.383 -> 0.342 and POPE-style 0.726 -> 0.650, every seed lower on both. With
+  # the paper's mix (about 4 in 5 drawings wrong) the model learned to call every drawing wrong
+  # (balanced agreement 0.50); `balance` keeps as many right drawings as wrong ones (balanced
+  # agreement 0.58 on seed 0's 300 held-out drawings), from 200 prompts per category.
+  c.self_assessment = dict(enabled=False, prompt_seed=2, per_category=2 if micro else 200,
+                           weight=1.0, balance=True)
   # What every stage's train/loop.py config shares (pipeline/recipe.py stage_config adds the
   # model, the data sources and the stage's steps, batch, warm-up, seed and parameter groups).
   c.stage_defaults = dict(
@@ -140,5 +159,9 @@ def get_config(arg=None):
                 geneval_per_category=2 if micro else 20, edits=4 if micro else 60,
                 image_temperature=2.0, image_top_k=64, guidance=6.0,
                 pixel_steps=int(c.tokenizer.sample.steps), pixel_guidance=float(
-                    c.tokenizer.sample.guidance), batch=32, samples=8)
+                    c.tokenizer.sample.guidance), batch=32, samples=8,
+                # > 1: also draw this many images per prompt and score the one the model's own
+                # assessment calls right (for a model trained with self-assessment; reported
+                # beside the one-draw score as generation.self_assessed)
+                self_assessed_draws=1)
   return c

@@ -221,18 +221,23 @@ def geneval_scores(prompts, images) -> dict:
   return result
 
 
+def draw_prompts(draw, formatter, texts: list[str], seed: int) -> np.ndarray:
+  """uint8 images `draw` (a CodeDrawer or a DreamDrawer) makes of text-to-image prompts."""
+  conds, unconds = [], []
+  for i, text in enumerate(texts):
+    for t, out in ((text, conds), ("", unconds)):
+      doc = Document(f"eval/geneval/{i}", "text_to_image",
+                     [Segment.of_text(t), draw.placeholder()])
+      out.append(prompt_of(formatter, doc))
+  return draw(conds, unconds, seed)
+
+
 def generation(draw, formatter, seed: int, per_category: int,
                log=print) -> tuple[dict, list, np.ndarray]:
   """GenEval-style scores per category and overall of what `draw` (a CodeDrawer or a
   DreamDrawer) makes of held-out prompts; also (prompts, images) for the grid."""
   prompts = geneval.geneval_prompts(seed, per_category)
-  conds, unconds = [], []
-  for i, p in enumerate(prompts):
-    for text, out in ((p["prompt"], conds), ("", unconds)):
-      doc = Document(f"eval/geneval/{i}", "text_to_image",
-                     [Segment.of_text(text), draw.placeholder()])
-      out.append(prompt_of(formatter, doc))
-  images = draw(conds, unconds, seed)
+  images = draw_prompts(draw, formatter, [p["prompt"] for p in prompts], seed)
   result = geneval_scores(prompts, images)
   result["prompts"] = len(prompts)
   log("eval: generation " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
@@ -282,5 +287,5 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
   return result, [d.metadata["instruction"] for d in docs], np.stack([sources, images], 1)
 
 
-__all__ = ["prompt_of", "understanding", "generation", "generation_ceiling", "editing",
+__all__ = ["prompt_of", "understanding", "draw_prompts", "generation", "generation_ceiling", "editing",
            "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]

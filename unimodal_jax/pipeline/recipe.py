@@ -9,6 +9,9 @@
     DIR/data/             spm.model and one shard directory per task (ILLUME's images to write
                           pre-tokenized into codes; DreamLLM's keep their pixels)
     DIR/stage1..3/        training runs (train/loop.py workdirs)
+    DIR/self_assessment/  ILLUME, between stages 2 and 3: the stage-2 model's drawings assessed
+                          against their prompts, as dialogues stage 3 reads (alignment/;
+                          `config.self_assessment.enabled=False` leaves the phase out)
     DIR/results.{md,json} DIR/samples.png
     DIR/phases.json       each finished phase with its wall time and figures
 
@@ -26,11 +29,12 @@ import re
 import time
 
 import ml_collections
+import numpy as np
 
 from unimodal_jax.train import results as results_lib
 
-PHASES = ("tokenizer", "data", "stage1", "stage2", "stage3", "eval")
-DREAMLLM_PHASES = ("parts",) + PHASES[1:]
+PHASES = ("tokenizer", "data", "stage1", "stage2", "self_assessment", "stage3", "eval")
+DREAMLLM_PHASES = ("parts",) + PHASES[1:4] + PHASES[5:]
 KINDS = ("illume", "dreamllm")
 
 
@@ -106,9 +110,11 @@ def model_dict(config, codec, text_vocab_size: int) -> dict:
 
 
 def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: str,
-                 tokens_per_image: int, init: dict) -> ml_collections.ConfigDict:
+                 tokens_per_image: int, init: dict,
+                 extra_sources: dict | None = None) -> ml_collections.ConfigDict:
   """A train/loop.py config for one stage: config.stage_defaults with the stage's own steps,
-  batch, warm-up, seed and parameter groups (Table 5's frozen parts), data and initialization."""
+  batch, warm-up, seed and parameter groups (Table 5's frozen parts), data and initialization.
+  `extra_sources` ({name: {"path", "weight"}}) adds sources written outside DIR/data."""
   st, defaults = config.stages[name], config.stage_defaults
   steps = int(st.steps)
   c = ml_collections.ConfigDict()
@@ -120,7 +126,7 @@ def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: 
       kind="documents", tokenizer=tokenizer_path, vocab_size=int(config.text_vocab_size),
       image_codes=int(model.get("image_codes", 0)), **defaults.data.to_dict(),
       sources={task: {"path": os.path.join(data_dir, task), "weight": float(w)}
-               for task, w in st.sources.items()},
+               for task, w in st.sources.items()} | dict(extra_sources or {}),
       format=dict(config.format.to_dict(), tokens_per_image=tokens_per_image))
   # config.seed shifts every stage's seed (init of new parts, data order, dropout): the spread
   # of the stages at fixed shipped parts and data.
@@ -168,6 +174,22 @@ def _illume_tokenizer(config, workdir, progress, skip, finish, fingerprint):
           os.path.join(tok_dir, "tokenizer"))
 
 
+def finished_illume(config, workdir: str):
+  """(codec, sentencepiece, model dict) of a main job's workdir whose data phase has run: what
+  tools read a stage's checkpoint with."""
+  from unimodal_jax import pretrained
+  from unimodal_jax.data import text_tokenizer
+  from unimodal_jax.models.image_codec import ImageCodec
+  shipped = str(config.get("pretrained", pretrained.NONE))
+  if shipped != pretrained.NONE:
+    codec = ImageCodec.load(pretrained.resolve(shipped, config.tokenizer), "")
+  else:
+    codec = ImageCodec.load(os.path.join(workdir, "tokenizer"),
+                            config.tokenizer.encoder.clip_workdir)
+  sp = text_tokenizer.load(os.path.join(workdir, "data", "spm.model"))
+  return codec, sp, model_dict(config, codec, sp.get_piece_size())
+
+
 def run(config, workdir: str, *, log=print) -> dict:
   kind = str(config.get("model_kind", "illume"))
   if kind not in KINDS:
@@ -176,6 +198,13 @@ def run(config, workdir: str, *, log=print) -> dict:
   if code_init not in ("normal", "codebook"):
     raise ValueError(f"config.code_embedding_init={code_init!r}: expected 'normal' or "
                      f"'codebook'")
+  assessing = kind == "illume" and bool(config.get("self_assessment", {}).get("enabled", False))
+  if assessing:
+    _check_self_assessment(config)
+  first = "parts" if kind == "dreamllm" else "tokenizer"
+  names = [first, "data", "stage1", "stage2"] + (["self_assessment"] if assessing else []) + [
+      "stage3", "eval"]
+  number = {name: i + 1 for i, name in enumerate(names)}  # the phases' places in the display
   os.makedirs(workdir, exist_ok=True)
   places = _places(workdir)
   fingerprint = lambda obj: _fingerprint(obj, places)
@@ -183,7 +212,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   # they had (they name this workdir, or they are of another config anyway).
   done = {name: dict(phase, config=_relocated(phase["config"], places))
           for name, phase in _load_phases(workdir).items()}
-  progress = Progress(len(PHASES), log)
+  progress = Progress(len(names), log)
   wall = time.time()
 
   def finish(name, figures, started, fingerprint):
@@ -207,16 +236,14 @@ def run(config, workdir: str, *, log=print) -> dict:
   #    shipped (pretrained.py) or trained here.
   if kind == "dreamllm":
     from unimodal_jax.pipeline import dreamllm_parts
-    first = "parts"
     fp = fingerprint(dreamllm_parts.fingerprint_inputs(config))
     parts = dreamllm_parts.locate(config, workdir)
-    if not skip(1, first, fp, parts.decoder_dir):
-      lg, t0 = progress.phase(1, first), time.time()
+    if not skip(number[first], first, fp, parts.decoder_dir):
+      lg, t0 = progress.phase(number[first], first), time.time()
       parts = dreamllm_parts.prepare(config, workdir, lg)
       finish(first, parts.figures, t0, fp)
     tokenize, codec = None, None
   else:
-    first = "tokenizer"
     codec, clip_dir, tokenizer_dir = _illume_tokenizer(config, workdir, progress, skip, finish,
                                                         fingerprint)
     tokenize = codec.tokenize
@@ -227,8 +254,8 @@ def run(config, workdir: str, *, log=print) -> dict:
   text_model_type = str(config.get("text_model_type", "unigram"))
   fp = fingerprint([config.data.to_dict(), config.text_vocab_size, text_model_type,
                      done[first]["config"]])
-  if not skip(2, "data", fp, spm_path):
-    lg, t0 = progress.phase(2, "data"), time.time()
+  if not skip(number["data"], "data", fp, spm_path):
+    lg, t0 = progress.phase(number["data"], "data"), time.time()
     from unimodal_jax.data import text_tokenizer
     from unimodal_jax.pipeline import pretokenize
     os.makedirs(data_dir, exist_ok=True)
@@ -256,12 +283,29 @@ def run(config, workdir: str, *, log=print) -> dict:
   from unimodal_jax.models import build
   # The slots an image read takes (the model's), not the codes an image written takes.
   tokens_per_image = build.config_from_dict(model).tokens_per_image
-  previous = None
-  for k, name in enumerate(("stage1", "stage2", "stage3"), start=3):
+  previous, extra = None, {}
+  for name in ("stage1", "stage2", "stage3"):
+    k = number[name]
+    if name == "stage3" and assessing:
+      # 5b. Self-assessment data from the stage-2 model's drawings, read by stage 3.
+      from unimodal_jax.alignment import self_assessment
+      out = os.path.join(workdir, self_assessment.TASK)
+      fp = fingerprint([{key: value for key, value in config.self_assessment.items()
+                         if key != "weight"},  # the weight is stage 3's business
+                        _image_sampling(config.eval),
+                        done["stage2"]["config"]])
+      if not skip(number[self_assessment.TASK], self_assessment.TASK, fp, out):
+        lg, t0 = progress.phase(number[self_assessment.TASK], self_assessment.TASK), time.time()
+        figures = _self_assessment_data(config, out, previous, model, sp, codec, lg)
+        finish(self_assessment.TASK, figures, t0, fp)
+      extra = {self_assessment.TASK: {"path": out,
+                                      "weight": float(config.self_assessment.weight)}}
     stage_dir = os.path.join(workdir, name)
     init = first_init if previous is None else {"init_from": previous}
-    cfg = stage_config(config, name, model, data_dir, spm_path, tokens_per_image, init)
-    fp = fingerprint([cfg.to_dict(), done["data"]["config"]])
+    cfg = stage_config(config, name, model, data_dir, spm_path, tokens_per_image, init,
+                       extra_sources=extra)
+    fp = fingerprint([cfg.to_dict(), done["data"]["config"]] + (
+        [done["self_assessment"]["config"]] if extra else []))
     if not skip(k, name, fp, stage_dir):
       lg = progress.phase(k, name, f"({cfg.train.steps} steps of {cfg.global_batch} x "
                                    f"{cfg.seq_len})")
@@ -275,15 +319,18 @@ def run(config, workdir: str, *, log=print) -> dict:
 
   # 6. Evaluation.
   fp = fingerprint([config.eval.to_dict(), done["stage3"]["config"]])
-  if not skip(6, "eval", fp, os.path.join(workdir, "results.json")):
-    lg, t0 = progress.phase(6, "eval"), time.time()
+  if not skip(number["eval"], "eval", fp, os.path.join(workdir, "results.json")):
+    lg, t0 = progress.phase(number["eval"], "eval"), time.time()
     if kind == "dreamllm":
       results = dreamllm_parts.evaluate(config, workdir, previous, model, sp, parts,
                                         _load_phases(workdir), lg)
     else:
       results = _evaluate(config, workdir, previous, model, sp, codec, lg)
-    finish("eval", {"understanding": results["understanding"]["pope_overall"],
-                    "generation": results["generation"]["overall"]}, t0, fp)
+    figures = {"understanding": results["understanding"]["pope_overall"],
+               "generation": results["generation"]["overall"]}
+    if "self_assessment" in results:
+      figures["self_assessment"] = results["self_assessment"]["agreement"]
+    finish("eval", figures, t0, fp)
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   log(f"=== done in {progress.elapsed()} (this run {time.time() - wall:.0f}s); "
@@ -291,13 +338,19 @@ def run(config, workdir: str, *, log=print) -> dict:
   return results
 
 
-def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
+def _image_sampling(e) -> dict:
+  """How ILLUME's job draws (config.eval): evaluate.ImageSampling's fields."""
+  return dict(guidance=float(e.guidance), temperature=float(e.image_temperature),
+              top_k=int(e.image_top_k), pixel_steps=int(e.pixel_steps),
+              pixel_guidance=float(e.pixel_guidance))
+
+
+def _trained_illume(config, stage_dir, model_cfg, sp, codec):
+  """(model, params, formatter, model config) of a stage's ILLUME checkpoint, for sampling."""
   from unimodal_jax import checkpoints
   from unimodal_jax.data import formatting
   from unimodal_jax.data.vocab import Vocab
   from unimodal_jax.models import build
-  from unimodal_jax.pipeline import evaluate, report
-  e = config.eval
   model_config = build.config_from_dict(model_cfg)
   model = build.build(model_config)
   params, _ = checkpoints.restore_params(stage_dir)
@@ -305,10 +358,60 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   formatter = formatting.Formatter(sp, vocab, formatting.FormatConfig(
       max_length=4 * int(config.seq_len), tokens_per_image=model_config.tokens_per_image,
       **{**config.format.to_dict(), "text_dropout": 0.0}))
+  return model, params, formatter, model_config
+
+
+def _check_self_assessment(config):
+  sa, eval_seed = config.self_assessment, int(config.data.eval_seed)
+  if int(sa.prompt_seed) == eval_seed:
+    raise ValueError(f"config.self_assessment.prompt_seed={int(sa.prompt_seed)} is the "
+                     f"evaluation's seed (config.data.eval_seed): the self-assessment prompts "
+                     f"must be kept apart from the evaluation's")
+  if int(sa.per_category) < 1 or float(sa.weight) <= 0:
+    raise ValueError(f"config.self_assessment: per_category={int(sa.per_category)} and "
+                     f"weight={float(sa.weight)} must be positive (enabled=False turns it off)")
+
+
+def self_assessment_drawings(config, stage_dir, model_cfg, sp, codec, prompts: list[dict],
+                             seed: int) -> np.ndarray:
+  """What a stage's ILLUME checkpoint draws for prompts, sampled as the evaluation samples."""
+  from unimodal_jax.pipeline import evaluate
+  model, params, formatter, _ = _trained_illume(config, stage_dir, model_cfg, sp, codec)
+  draw = evaluate.CodeDrawer(model, params, formatter, codec,
+                             evaluate.ImageSampling(**_image_sampling(config.eval)),
+                             int(config.eval.batch))
+  return evaluate.draw_prompts(draw, formatter, [p["prompt"] for p in prompts], seed)
+
+
+def _self_assessment_data(config, out, stage2_dir, model_cfg, sp, codec, log) -> dict:
+  """The self-assessment phase: the stage-2 model draws for GenEval-style prompts of
+  config.self_assessment.prompt_seed (never the evaluation's); the judge assesses each drawing;
+  the dialogues are written to `out`."""
+  from unimodal_jax.alignment import self_assessment
+  from unimodal_jax.data.worlds import geneval
+  from unimodal_jax.pipeline import evaluate
+  seed = int(config.self_assessment.prompt_seed)
+  prompts = geneval.geneval_prompts(seed, int(config.self_assessment.per_category))
+  images = self_assessment_drawings(config, stage2_dir, model_cfg, sp, codec, prompts, seed)
+  scores = evaluate.geneval_scores(prompts, images)
+  log("stage-2 drawings: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+  figures = self_assessment.write_data(out, prompts, images, seed=seed, tokenize=codec.tokenize,
+                                       balance=bool(config.self_assessment.get("balance", False)),
+                                       log=log)
+  figures["stage2_geneval"] = scores
+  return figures
+
+
+def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
+  from unimodal_jax.alignment import self_assessment
+  from unimodal_jax.data.worlds import geneval
+  from unimodal_jax.eval import shapes_judge
+  from unimodal_jax.pipeline import evaluate, report
+  e = config.eval
+  model, params, formatter, model_config = _trained_illume(config, stage_dir, model_cfg, sp,
+                                                           codec)
   seed = int(config.data.eval_seed)
-  s = evaluate.ImageSampling(guidance=float(e.guidance), temperature=float(e.image_temperature),
-                             top_k=int(e.image_top_k), pixel_steps=int(e.pixel_steps),
-                             pixel_guidance=float(e.pixel_guidance))
+  s = evaluate.ImageSampling(**_image_sampling(e))
   t = time.time()
   und = evaluate.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
                                int(e.vqa_per_kind), int(e.batch), log=log)
@@ -320,14 +423,40 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   gen["tokenizer_ceiling"] = evaluate.generation_ceiling(codec, seed,
                                                          int(e.geneval_per_category), s, log=log)
   t_gen = time.time() - t
+  # The model assesses its own held-out drawings, as the self-assessment dialogues ask.
+  t = time.time()
+  judged = [self_assessment.judge_assessor(p["spec"], im) for p, im in zip(prompts, gen_images)]
+  own = lambda images: self_assessment.model_assessments(model, params, formatter, sp, prompts,
+                                                         images, int(e.batch))
+  texts = own(gen_images)
+  assessed = self_assessment.agreement(prompts, texts, judged)
+  log(f"eval: self-assessment agrees with the judge on {assessed['agreement']:.3f} of "
+      f"{assessed['images']} drawings (balanced {assessed['balanced_agreement']:.3f}, readable "
+      f"{assessed['parsed']:.3f})")
+  draws = int(e.get("self_assessed_draws", 1))
+  if draws > 1:  # test-time use: up to `draws` drawings per prompt, the model's pick scored
+    images = [gen_images] + [evaluate.draw_prompts(draw, formatter, [p["prompt"] for p in prompts],
+                                                   seed + 1000 * n) for n in range(1, draws)]
+    chosen, picks = self_assessment.choose_by_self_assessment(
+        prompts, images, [texts] + [own(im) for im in images[1:]])
+    gen["self_assessed"] = dict(
+        evaluate.geneval_scores(prompts, chosen), draws=draws,
+        first_draw_kept=float(np.mean([n == 0 for n in picks])),
+        any_draw_right=float(np.mean([any(geneval.satisfied(p["spec"], shapes_judge.detect(
+            im[i])) for im in images) for i, p in enumerate(prompts)])))
+    log(f"eval: generation, the model's pick of {draws} drawings per prompt by its own "
+        f"assessment: overall {gen['self_assessed']['overall']:.3f} (any drawing right: "
+        f"{gen['self_assessed']['any_draw_right']:.3f})")
+  t_assess = time.time() - t
   t = time.time()
   edit, instructions, edit_images = evaluate.editing(draw, formatter, seed, int(e.edits),
                                                      log=log)
   t_edit = time.time() - t
   phases = _load_phases(workdir)
   results = {
-      "understanding": und, "generation": gen, "editing": edit,
-      "eval_seconds": {"understanding": t_und, "generation": t_gen, "editing": t_edit},
+      "understanding": und, "generation": gen, "editing": edit, "self_assessment": assessed,
+      "eval_seconds": {"understanding": t_und, "generation": t_gen, "editing": t_edit,
+                       "self_assessment": t_assess},
       "phase_seconds": {k: v["seconds"] for k, v in phases.items()},
       "tokenizer": phases.get("tokenizer", {}).get("figures", {}).get("semantic_tokenizer"),
       "model": {"num_params": model_config.num_params(),
@@ -345,4 +474,5 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   return results
 
 
-__all__ = ["PHASES", "Progress", "run", "stage_config", "model_dict"]
+__all__ = ["PHASES", "Progress", "run", "stage_config", "model_dict", "self_assessment_drawings",
+           "finished_illume"]

@@ -51,11 +51,30 @@ def write_markdown(path: str, results: dict) -> None:
       lines.append(_row(k, v) + _ceiling_cell(ceiling, k))
   lines.append(_row("overall", gen["overall"], TARGETS["generation_overall"])
                + _ceiling_cell(ceiling, "overall"))
+  chosen = gen.get("self_assessed")
+  if chosen:  # eval.self_assessed_draws > 1
+    lines += ["", f"Drawing {chosen['draws']} images per prompt and keeping the first the model's "
+              f"own assessment calls right: overall {chosen['overall']:.3f} (one of the "
+              f"{chosen['draws']} drawings was right for {chosen['any_draw_right']:.3f} of the "
+              f"prompts; the model kept the first drawing for {chosen['first_draw_kept']:.3f})."]
   if edit:
     lines += ["", "## Editing", "", "| edit | success |", "|---|---|"]
     for k, v in edit.items():
       if isinstance(v, float):
         lines.append(_row(k, v))
+  assessed = results.get("self_assessment")
+  if assessed:  # ILLUME: the model's assessment of its own held-out drawings against the judge's
+    lines += ["", "## Self-assessment (the model judges its own drawings)", "",
+              f"On {assessed['images']} held-out drawings, asked as the self-assessment "
+              f"dialogues ask; an assessment it cannot read ({1 - assessed['parsed']:.3f} of "
+              f"them) counts as a disagreement. The judge passes "
+              f"{assessed['judge_match_rate']:.3f} of the drawings.", "",
+              "| agreement with the judge | share |", "|---|---|",
+              _row("overall verdict (matches the prompt or not)", assessed["agreement"]),
+              _row("the same, balanced (0.5: a constant verdict)",
+                   assessed.get("balanced_agreement", 0.0))]
+    for k, v in assessed["per_aspect"].items():
+      lines.append(_row(f"aspect: {k}", v))
   lines += ["", "## Wall time per phase (s)", "", "| phase | seconds |", "|---|---|"]
   for k, v in results.get("phase_seconds", {}).items():
     lines.append(f"| {k} | {v:.0f} |")
