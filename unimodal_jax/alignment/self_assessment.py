@@ -152,10 +152,10 @@ def write_data(directory: str, prompts: list[dict], images: np.ndarray, *, seed:
                balance: bool = False, log=print) -> dict:
   """Assess each drawn image against its prompt (or take `assessments` made elsewhere) and write
   the dialogues as one shard directory (complete or not at all: written under a temporary name,
-  then renamed). Corrections are scenes
-  drawn to satisfy the prompt (seeded by `seed`), written as codes when `tokenize` is given.
-  `balance`: as many right drawings as wrong ones are kept (the larger side subsampled; all of
-  them when every drawing is right or every one wrong), so the assessments carry no prior for the model to learn instead of looking (as the existence
+  then renamed). Corrections are scenes drawn to satisfy the prompt (seeded by `seed`), written
+  as codes when `tokenize` is given. `balance`: as many right drawings as wrong ones are kept
+  (the larger side subsampled; all of them when every drawing is right or every one wrong), so
+  the assessments carry no prior for the model to learn instead of looking (as the existence
   questions of the dialogue task are balanced). Returns the counts and the drawings' score per
   aspect (over all drawings)."""
   if len(prompts) != len(images):
