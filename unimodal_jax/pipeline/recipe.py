@@ -33,8 +33,8 @@ import numpy as np
 
 from unimodal_jax.train import results as results_lib
 
+# Every phase in order; DreamLLM's first is "parts", and self_assessment runs only when enabled.
 PHASES = ("tokenizer", "data", "stage1", "stage2", "self_assessment", "stage3", "eval")
-DREAMLLM_PHASES = ("parts",) + PHASES[1:4] + PHASES[5:]
 KINDS = ("illume", "dreamllm")
 
 
@@ -202,8 +202,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   if assessing:
     _check_self_assessment(config)
   first = "parts" if kind == "dreamllm" else "tokenizer"
-  names = [first, "data", "stage1", "stage2"] + (["self_assessment"] if assessing else []) + [
-      "stage3", "eval"]
+  names = [first] + [p for p in PHASES[1:] if p != "self_assessment" or assessing]
   number = {name: i + 1 for i, name in enumerate(names)}  # the phases' places in the display
   os.makedirs(workdir, exist_ok=True)
   places = _places(workdir)
