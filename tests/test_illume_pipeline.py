@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +57,7 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   from unimodal_jax.data import shards
   docs = list(shards.read_documents(str(tmp_path / "self_assessment")))
   assert docs and all(d.id.startswith("shapes/self_assessment/2/") for d in docs)
+  assert "drawing 12 prompts on mesh {'data': 8," in out.stdout  # the test's 8 CPU devices
   made = json.load(open(tmp_path / "phases.json"))["self_assessment"]["figures"]
   assert made["drawings"] == 12 and made["documents"] == len(docs)
   turns = [d.metadata["turns"] for d in docs]
@@ -132,6 +134,22 @@ def _self_assess_tool_takes_an_external_scorer(workdir, env):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "a.jsonl, line 1: {'object': 'maybe'} is not an assessment" in (
       bad.stderr)
+  # As on a pod: two processes (8 devices each) draw their shares and the first writes. The
+  # drawings are the one process's, byte for byte.
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = [subprocess.Popen(
+      tool + ["--prompts=" + str(workdir / "p.jsonl"), "--images_out=" + str(workdir / "drawn2"),
+              "--num_processes=2", f"--process_id={i}", f"--coordinator_address=127.0.0.1:{port}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert '"images"' in outs[0][0] and '"images"' not in outs[1][0], "the first one reports"
+  for name in sorted(os.listdir(workdir / "drawn")):
+    assert (workdir / "drawn2" / name).read_bytes() == (workdir / "drawn" / name).read_bytes()
 
 
 def test_a_workdir_of_another_run_identity_is_moved_aside(tmp_path):

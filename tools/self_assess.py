@@ -14,6 +14,10 @@ prompts (prompts.jsonl) for an external scorer and stops; --assessments then rea
 lines, one per image in order, each {"assessment": {"object": "yes", ...}} with exactly the
 aspects that image's prompt asks (a bad line is an error naming it), and writes OUT.
 
+The drawing is data-parallel over config.stage_defaults.mesh, as the stages train: each device
+draws its share of every batch. On a pod every host runs the same command with --num_processes,
+--process_id and --coordinator_address (as `python -m unimodal_jax.train`); the first writes.
+
 Prompts: JSON lines {"prompt", "category", "spec"} (geneval.py's spec); by default those of
 config.self_assessment.prompt_seed (refused if it is the evaluation's seed). Prints one JSON line
 last: the counts and the drawings' score per aspect.
@@ -87,8 +91,16 @@ def main(argv):
   if bool(_IMAGES.value) != bool(_ASSESSMENTS.value):
     raise SystemExit("error: --images and --assessments go together (an external scorer's "
                      "assessments of drawings written by --images_out)")
+  import jax
+  from unimodal_jax import sharding
+  sharding.initialize_processes(_NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR.value)
+  main_process = jax.process_index() == 0  # every process draws its share; the first writes
   config, workdir = _CONFIG.value, _WORKDIR.value
-  log = lambda *a: print(*a, file=sys.stderr, flush=True)
+
+  def log(*args):
+    if main_process:
+      print(*args, file=sys.stderr, flush=True)
+
   codec, sp, model = recipe.finished_illume(config, workdir)
   seed = int(config.self_assessment.prompt_seed)
   if _IMAGES.value:
@@ -99,9 +111,12 @@ def main(argv):
   else:
     prompts = _prompts(config, _PROMPTS.value)
     stage_dir = os.path.join(workdir, _STAGE.value)
-    log(f"drawing {len(prompts)} prompts with {stage_dir}")
-    images = recipe.self_assessment_drawings(config, stage_dir, model, sp, codec, prompts, seed)
+    log(f"drawing with {stage_dir}")
+    images = recipe.self_assessment_drawings(config, stage_dir, model, sp, codec, prompts, seed,
+                                             log=log)
     assessments = None  # the shapes judge's
+  if not main_process:
+    return
   if _IMAGES_OUT.value:
     os.makedirs(_IMAGES_OUT.value, exist_ok=True)
     for i, im in enumerate(images):
@@ -135,5 +150,10 @@ if __name__ == "__main__":
   _IMAGES = flags.DEFINE_string("images", "", "drawings written by --images_out")
   _ASSESSMENTS = flags.DEFINE_string("assessments", "", "an external scorer's JSON lines, one "
                                      "per drawing in --images")
+  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "number of JAX processes (the hosts "
+                                        "of a pod each run the same command)")
+  _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "this process's index")
+  _COORDINATOR = flags.DEFINE_string("coordinator_address", "127.0.0.1:12345",
+                                     "host:port of process 0, for multi-process runs")
   flags.mark_flags_as_required(["workdir"])
   app.run(main)

@@ -258,7 +258,7 @@ def load_pretrained(directory: str, *, step: int | None = None, mesh=None,
       shardings = sharding.param_shardings(sharding.abstract_params(
           build.build(stored_model_config), stored_model_config), mesh)
     else:
-      device_sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      device_sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       shardings = jax.tree.map(lambda _: device_sharding, stored_tree)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           stored_tree, shardings)
@@ -290,7 +290,7 @@ def _restore_item(manager, step: int, item: str):
     return {}
   stored = manager.item_metadata(step)[item]
   stored = stored.tree if hasattr(stored, "tree") else stored
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
   return manager.restore(step, args=ocp.args.Composite(
       **{item: ocp.args.StandardRestore(target)}))[item]
@@ -304,7 +304,7 @@ def restore_params(directory: str, step: int | None = None) -> tuple[dict, dict]
   with _manager(directory, create=False) as manager:
     stored = manager.item_metadata(step)[PARAMS]
     stored = stored.tree if hasattr(stored, "tree") else stored
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           stored)
     restored = manager.restore(step, args=ocp.args.Composite(

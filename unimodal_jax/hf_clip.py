@@ -274,7 +274,7 @@ def load_vit(directory: str, *, step: int | None = None, config_overrides: dict 
       cfg = cfg.replace(**config_overrides)
     stored = manager.item_metadata(step)[checkpoints.PARAMS]
     stored = stored.tree if hasattr(stored, "tree") else stored
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           stored)
     params = manager.restore(step, args=ocp.args.Composite(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -46,6 +47,17 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 log = logging.getLogger(__name__)
+
+
+def initialize_processes(num_processes: int, process_id: int, coordinator_address: str) -> None:
+  """Join a multi-process run (hosts of a pod, or processes on one CPU machine, which then use
+  gloo collectives). Every process runs the same command; a no-op for one process."""
+  if num_processes <= 1:
+    return
+  if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
 
 
 def resolve_mesh_shape(mesh_config: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
@@ -143,6 +155,36 @@ def abstract_params(model: nn.Module, config):
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Leading dimension over the batch axes (data x fsdp), the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def _from_host(value, target: NamedSharding) -> jax.Array:
+  """A global array from the whole value that every process holds: each process fills only its
+  own devices' shards, so nothing crosses hosts (jax.device_put would try to)."""
+  host = np.asarray(value)
+  return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+
+def place_params(model: nn.Module, config, params, mesh: Mesh) -> Any:
+  """Restored params (each process holds them whole) laid out on `mesh` as training lays them
+  out (the rules table): sampling then runs where the params are, with no copy per call."""
+  return jax.tree.map(_from_host, params,
+                      param_shardings(abstract_params(model, config), mesh))
+
+
+def shard_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A global array that every process holds whole, its rows split over the batch axes (each
+  device keeps its share). Rows must divide by data x fsdp (pad first)."""
+  rows = np.asarray(rows)
+  check_batch_divisible(rows.shape[0], mesh, field="rows")
+  return _from_host(rows, batch_sharding(mesh, rows.ndim))
+
+
+def gather_rows(x: jax.Array) -> np.ndarray:
+  """A (possibly multi-host) array whole on this process: the inverse of shard_rows."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def check_batch_divisible(global_batch: int, mesh: Mesh, field: str = "batch_size") -> None:

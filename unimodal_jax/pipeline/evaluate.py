@@ -20,14 +20,16 @@ evaluation reads exactly the layout the model was trained on.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unimodal_jax import sampling
+from unimodal_jax import sampling, sharding
 from unimodal_jax.data.documents import Document, Segment
 from unimodal_jax.data.worlds import geneval, shapes
 from unimodal_jax.eval import shapes_judge
@@ -146,38 +148,65 @@ def _guided_batch(conds, unconds, idx, start_id: int, size: int):
   tokens, mask = sampling.left_pad(cp, length=length)
   utokens, umask = sampling.left_pad(up, length=length)
   ims = [conds[j][1] for j in idx]
-  images = jnp.asarray(_stack_images(ims, size)) if any(len(x) for x in ims) else None
+  images = _stack_images(ims, size) if any(len(x) for x in ims) else None
   return tokens, mask, utokens, umask, images
 
 
 class CodeDrawer:
   """ILLUME draws: image codes sampled after <image_start> with classifier-free guidance (the
-  prompt masked), then the pixel decoder (codec.detokenize)."""
+  prompt masked), then the pixel decoder (codec.detokenize).
 
-  def __init__(self, model, params, formatter, codec, s: ImageSampling, batch: int = 32):
-    self.model, self.params, self.formatter = model, params, formatter
-    self.codec, self.s, self.batch = codec, s, batch
+  With a `mesh` the codes are sampled data-parallel, as a pod draws: the params are laid out as
+  training lays them out, and each batch's rows are split over the batch axes (data x fsdp; a
+  short batch padded with copies of its last row). The pixel decoder runs on one device."""
+
+  def __init__(self, model, params, formatter, codec, s: ImageSampling, batch: int = 32,
+               mesh=None):
+    self.model, self.formatter = model, formatter
+    self.codec, self.s, self.batch, self.mesh = codec, s, batch, mesh
+    self.params = params if mesh is None else sharding.place_params(model, model.config,
+                                                                    params, mesh)
 
   def placeholder(self, role: str = "") -> Segment:
     """The segment an image to draw takes in a prompt document (cut off before it)."""
     return Segment.of_image_tokens([0] * self.codec.tokens_per_image, role=role)
 
-  def __call__(self, conds, unconds, seed: int) -> np.ndarray:
-    """uint8 images for prompts (token lists ending before the image, with their images)."""
+  def _rows(self, array):
+    """A batch's array as sampling reads it: on the mesh (padded), or as it is."""
+    if array is None or self.mesh is None:
+      return None if array is None else jnp.asarray(array)
+    array = np.asarray(array)
+    split = math.prod(self.mesh.shape[a] for a in sharding.BATCH_AXES)
+    pad = -len(array) % split
+    if pad:
+      array = np.concatenate([array, np.repeat(array[-1:], pad, axis=0)])
+    return sharding.shard_rows(array, self.mesh)
+
+  def codes(self, conds, unconds, seed: int) -> np.ndarray:
+    """Image codes [N, tokens_per_image] for prompts (token lists ending before the image, with
+    their images)."""
     v, s = self.formatter.vocab, self.s
     size = self.formatter.config.image_size
     rng = jax.random.key(seed)
     out = []
     for n, idx in enumerate(_batches(len(conds), self.batch)):
-      tokens, mask, utokens, umask, images = _guided_batch(conds, unconds, idx, v.image_start,
-                                                           size)
-      out.append(np.asarray(sampling.generate_image(
-          self.model, self.params, jnp.asarray(tokens), jnp.asarray(mask),
-          jax.random.fold_in(rng, n), tokens_per_image=self.codec.tokens_per_image,
-          image_offset=v.image_offset, image_codes=v.image_codes, guidance=s.guidance,
-          uncond_mask=jnp.asarray(umask), uncond_prompt=jnp.asarray(utokens),
-          temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, images=images)))
-    return self.codec.detokenize(np.concatenate(out), jax.random.key(seed + 1),
+      tokens, mask, utokens, umask, images = map(self._rows, _guided_batch(
+          conds, unconds, idx, v.image_start, size))
+      with (contextlib.nullcontext() if self.mesh is None
+            else sharding.activation_sharding(self.mesh)):
+        codes = sampling.generate_image(
+            self.model, self.params, tokens, mask, jax.random.fold_in(rng, n),
+            tokens_per_image=self.codec.tokens_per_image, image_offset=v.image_offset,
+            image_codes=v.image_codes, guidance=s.guidance, uncond_mask=umask,
+            uncond_prompt=utokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+            images=images)
+      out.append(sharding.gather_rows(codes)[:len(idx)])
+    return np.concatenate(out)
+
+  def __call__(self, conds, unconds, seed: int) -> np.ndarray:
+    """uint8 images for prompts (token lists ending before the image, with their images)."""
+    s = self.s
+    return self.codec.detokenize(self.codes(conds, unconds, seed), jax.random.key(seed + 1),
                                  steps=s.pixel_steps, guidance=s.pixel_guidance)
 
 

@@ -372,13 +372,18 @@ def _check_self_assessment(config):
 
 
 def self_assessment_drawings(config, stage_dir, model_cfg, sp, codec, prompts: list[dict],
-                             seed: int) -> np.ndarray:
-  """What a stage's ILLUME checkpoint draws for prompts, sampled as the evaluation samples."""
+                             seed: int, log=print) -> np.ndarray:
+  """What a stage's ILLUME checkpoint draws for prompts, sampled as the evaluation samples, the
+  codes data-parallel on the stages' mesh (config.stage_defaults.mesh: a pod's devices each
+  draw their share)."""
+  from unimodal_jax import sharding
   from unimodal_jax.pipeline import evaluate
   model, params, formatter, _ = _trained_illume(config, stage_dir, model_cfg, sp, codec)
+  mesh = sharding.make_mesh(config.stage_defaults.mesh.to_dict())
+  log(f"drawing {len(prompts)} prompts on mesh {dict(mesh.shape)}")
   draw = evaluate.CodeDrawer(model, params, formatter, codec,
                              evaluate.ImageSampling(**_image_sampling(config.eval)),
-                             int(config.eval.batch))
+                             int(config.eval.batch), mesh=mesh)
   return evaluate.draw_prompts(draw, formatter, [p["prompt"] for p in prompts], seed)
 
 
@@ -391,7 +396,8 @@ def _self_assessment_data(config, out, stage2_dir, model_cfg, sp, codec, log) ->
   from unimodal_jax.pipeline import evaluate
   seed = int(config.self_assessment.prompt_seed)
   prompts = geneval.geneval_prompts(seed, int(config.self_assessment.per_category))
-  images = self_assessment_drawings(config, stage2_dir, model_cfg, sp, codec, prompts, seed)
+  images = self_assessment_drawings(config, stage2_dir, model_cfg, sp, codec, prompts, seed,
+                                    log=log)
   scores = evaluate.geneval_scores(prompts, images)
   log("stage-2 drawings: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
   figures = self_assessment.write_data(out, prompts, images, seed=seed, tokenize=codec.tokenize,

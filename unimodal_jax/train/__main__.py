@@ -28,12 +28,8 @@ def main(argv):
     raise app.UsageError("--config and --workdir are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  import jax
-  if _NUM_PROCESSES.value > 1:
-    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  from unimodal_jax import sharding
+  sharding.initialize_processes(_NUM_PROCESSES.value, _PROCESS_ID.value, _COORDINATOR.value)
   from unimodal_jax.train import loop
   try:
     loop.run(_CONFIG.value, _WORKDIR.value)
