@@ -234,10 +234,7 @@ def model_assessments(model, params, formatter, sp, prompts: list[dict], images:
     out = np.asarray(sampling.generate_text(model, params, jnp.asarray(tokens),
                                             jnp.asarray(mask), jax.random.key(0), cfg,
                                             images=pixels))
-    for row in out:
-      ids = [int(t) for t in row]
-      ids = ids[:ids.index(cfg.stop_tokens[0])] if cfg.stop_tokens[0] in ids else ids
-      texts.append(sp.decode([t for t in ids if t < formatter.vocab.text_size]))
+    texts += [evaluate.decode_answer(row, sp, formatter) for row in out]
   return texts
 
 

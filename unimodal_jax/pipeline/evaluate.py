@@ -56,6 +56,14 @@ def _stack_images(images_list, size):
 
 # ----------------------------------------------------------------------------- understanding
 
+def decode_answer(row, sp, formatter) -> str:
+  """The text of one generated row: up to its end-of-sequence, the text pieces only."""
+  ids = [int(t) for t in row]
+  eos = formatter.vocab.eos_id
+  ids = ids[:ids.index(eos)] if eos in ids else ids
+  return sp.decode([t for t in ids if t < formatter.vocab.text_size])
+
+
 def understanding(model, params, formatter, sp, seed: int, per_style: int, per_kind: int,
                   batch: int = 32, log=print) -> dict:
   """Accuracy per question kind (existence split by POPE style) on held-out scenes."""
@@ -90,9 +98,7 @@ def understanding(model, params, formatter, sp, seed: int, per_style: int, per_k
         margins.append(float(logits[yes_no[0]] - logits[yes_no[1]]))
         truths.append(docs[j].metadata["answer"] == "yes")
     for j, row in zip(idx, out):
-      ids = [int(t) for t in row]
-      ids = ids[:ids.index(cfg.stop_tokens[0])] if cfg.stop_tokens[0] in ids else ids
-      text = sp.decode([t for t in ids if t < formatter.vocab.text_size]).strip().lower()
+      text = decode_answer(row, sp, formatter).strip().lower()
       meta = docs[j].metadata
       key = (f"pope_{meta['pope_style']}" if meta["question_type"] == "existence"
              else meta["question_type"])
@@ -316,5 +322,6 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
   return result, [d.metadata["instruction"] for d in docs], np.stack([sources, images], 1)
 
 
-__all__ = ["prompt_of", "understanding", "draw_prompts", "generation", "generation_ceiling", "editing",
-           "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]
+__all__ = ["prompt_of", "decode_answer", "understanding", "draw_prompts", "generation",
+           "generation_ceiling", "editing", "geneval_scores", "ImageSampling", "CodeDrawer",
+           "DreamDrawer"]

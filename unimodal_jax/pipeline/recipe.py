@@ -447,8 +447,10 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
     gen["self_assessed"] = dict(
         evaluate.geneval_scores(prompts, chosen), draws=draws,
         first_draw_kept=float(np.mean([n == 0 for n in picks])),
-        any_draw_right=float(np.mean([any(geneval.satisfied(p["spec"], shapes_judge.detect(
-            im[i])) for im in images) for i, p in enumerate(prompts)])))
+        # the first drawings' verdicts are the judge's assessments above
+        any_draw_right=float(np.mean([self_assessment.matches(judged[i]) or any(
+            geneval.satisfied(p["spec"], shapes_judge.detect(im[i])) for im in images[1:])
+            for i, p in enumerate(prompts)])))
     log(f"eval: generation, the model's pick of {draws} drawings per prompt by its own "
         f"assessment: overall {gen['self_assessed']['overall']:.3f} (any drawing right: "
         f"{gen['self_assessed']['any_draw_right']:.3f})")
