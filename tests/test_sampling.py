@@ -217,3 +217,19 @@ def test_drawing_on_a_mesh_draws_what_one_device_draws(unified, temperature):
   on_mesh = drawer.codes(conds, unconds, 3)
   assert on_mesh.shape == (11, 6)
   np.testing.assert_array_equal(on_mesh, one)
+
+
+def test_pixels_decoded_on_a_mesh_are_those_one_device_decodes():
+  """The shipped pixel decoder on a (data 2, fsdp 2, tensor 2) mesh, the decoders replicated and
+  each chunk's rows split over data x fsdp (the short last chunk padded): the images one device
+  draws, with the same keys. Their noise does not depend on the padding."""
+  from unimodal_jax import sharding
+  from unimodal_jax.models.image_codec import ImageCodec
+  codec = ImageCodec.load("experiments/tiny/pretrained/shapes")
+  ids = np.random.default_rng(0).integers(0, codec.codebook_size, (11, codec.tokens_per_image))
+  one = codec.detokenize(ids, jax.random.key(5), steps=3, batch=8)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  on_mesh = codec.detokenize(ids, jax.random.key(5), steps=3, batch=8, mesh=mesh)
+  assert on_mesh.shape == one.shape == (11, codec.image_size, codec.image_size, 3)
+  np.testing.assert_array_equal(on_mesh, one)
+  assert not np.array_equal(one[0], one[1])  # different codes draw different images

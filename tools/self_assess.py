@@ -15,8 +15,9 @@ lines, one per image in order, each {"assessment": {"object": "yes", ...}} with 
 aspects that image's prompt asks (a bad line is an error naming it), and writes OUT.
 
 The drawing is data-parallel over config.stage_defaults.mesh, as the stages train: each device
-draws its share of every batch. On a pod every host runs the same command with --num_processes,
---process_id and --coordinator_address (as `python -m unimodal_jax.train`); the first writes.
+samples the codes, then the pixels, of its share of every batch. On a pod every host runs the
+same command with --num_processes, --process_id and --coordinator_address (as `python -m
+unimodal_jax.train`); the first writes.
 
 Prompts: JSON lines {"prompt", "category", "spec"} (geneval.py's spec); by default those of
 config.self_assessment.prompt_seed (refused if it is the evaluation's seed). Prints one JSON line

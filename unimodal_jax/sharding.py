@@ -179,6 +179,19 @@ def shard_rows(rows: np.ndarray, mesh: Mesh) -> jax.Array:
   return _from_host(rows, batch_sharding(mesh, rows.ndim))
 
 
+def pad_rows(rows: np.ndarray, mesh: Mesh) -> np.ndarray:
+  """Rows padded with copies of the last one to a multiple of data x fsdp (for shard_rows;
+  drop the padding after gather_rows)."""
+  rows = np.asarray(rows)
+  pad = -len(rows) % math.prod(mesh.shape[a] for a in BATCH_AXES)
+  return np.concatenate([rows, np.repeat(rows[-1:], pad, axis=0)]) if pad else rows
+
+
+def replicate(tree, mesh: Mesh) -> Any:
+  """Arrays that every process holds whole, copied to every device of `mesh`."""
+  return jax.tree.map(lambda x: _from_host(x, NamedSharding(mesh, P())), tree)
+
+
 def gather_rows(x: jax.Array) -> np.ndarray:
   """A (possibly multi-host) array whole on this process: the inverse of shard_rows."""
   if x.is_fully_addressable:

@@ -72,10 +72,6 @@ class ImageCodec:
     return jax.jit(lambda x: tokenizer.apply(self.tokenizer_variables, self._features(x),
                                              method=vt.SemanticTokenizer.encode))
 
-  @functools.cached_property
-  def _decode(self):
-    return jax.jit(self.decode_features)
-
   def tokenize(self, images, batch: int = 256) -> np.ndarray:
     images = np.asarray(images)
     return np.concatenate([np.asarray(self._encode(jnp.asarray(images[i:i + batch])))
@@ -86,16 +82,39 @@ class ImageCodec:
     return tokenizer.apply(self.tokenizer_variables, jnp.asarray(ids),
                            method=vt.SemanticTokenizer.decode_features)
 
-  def detokenize(self, ids, rng, *, steps: int = 32, guidance: float = 2.0,
-                 batch: int = 64) -> np.ndarray:
+  @functools.cached_property
+  def _sample_pixels(self):
+    """(tokenizer variables, pixel params, ids, rng) -> uint8 images, jitted once per codec."""
     decoder = pdec.PixelDecoder(self.pixel_config)
-    decode = self._decode
+    tokenizer = vt.SemanticTokenizer(self.tokenizer_config)
+
+    @functools.partial(jax.jit, static_argnames=("steps", "guidance"))
+    def sample(tokenizer_variables, pixel_params, ids, rng, *, steps, guidance):
+      cond = tokenizer.apply(tokenizer_variables, ids, method=vt.SemanticTokenizer.decode_features)
+      return pdec.sample(decoder, pixel_params, cond, rng, steps=steps, guidance=guidance)
+    return sample
+
+  def detokenize(self, ids, rng, *, steps: int = 32, guidance: float = 2.0,
+                 batch: int = 64, mesh=None) -> np.ndarray:
+    """uint8 images [N, S, S, 3] for ids [N, tokens_per_image], `batch` at a time (chunk i
+    samples with fold_in(rng, i)). With a `mesh`, each chunk's rows are split over its batch
+    axes (data x fsdp; a short chunk padded with copies of its last row) and the decoders are
+    replicated: every device decodes its share, as a pod decodes."""
+    from unimodal_jax import sharding
     ids = np.asarray(ids)
+    weights = (self.tokenizer_variables, self.pixel_params)
+    if mesh is not None:  # copied to the mesh's devices once per mesh, not per call
+      placed = self.__dict__.setdefault("_weights_on_mesh", {})
+      if mesh not in placed:
+        placed[mesh] = sharding.replicate(weights, mesh)
+      weights = placed[mesh]
     out = []
     for i in range(0, len(ids), batch):
-      cond = decode(jnp.asarray(ids[i:i + batch]))
-      out.append(np.asarray(pdec.sample(decoder, self.pixel_params, cond,
-                                        jax.random.fold_in(rng, i), steps=steps,
-                                        guidance=guidance)))
+      chunk = ids[i:i + batch]
+      rows = (jnp.asarray(chunk) if mesh is None
+              else sharding.shard_rows(sharding.pad_rows(chunk, mesh), mesh))
+      images = self._sample_pixels(*weights, rows, jax.random.fold_in(rng, i), steps=steps,
+                                   guidance=float(guidance))
+      out.append(sharding.gather_rows(images)[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3),
                                                     np.uint8)

@@ -23,7 +23,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -162,9 +161,9 @@ class CodeDrawer:
   """ILLUME draws: image codes sampled after <image_start> with classifier-free guidance (the
   prompt masked), then the pixel decoder (codec.detokenize).
 
-  With a `mesh` the codes are sampled data-parallel, as a pod draws: the params are laid out as
-  training lays them out, and each batch's rows are split over the batch axes (data x fsdp; a
-  short batch padded with copies of its last row). The pixel decoder runs on one device."""
+  With a `mesh` both run data-parallel, as a pod draws: the LLM's params are laid out as
+  training lays them out, the decoders replicated, and each batch's rows are split over the batch
+  axes (data x fsdp; a short batch padded with copies of its last row)."""
 
   def __init__(self, model, params, formatter, codec, s: ImageSampling, batch: int = 32,
                mesh=None):
@@ -181,12 +180,7 @@ class CodeDrawer:
     """A batch's array as sampling reads it: on the mesh (padded), or as it is."""
     if array is None or self.mesh is None:
       return None if array is None else jnp.asarray(array)
-    array = np.asarray(array)
-    split = math.prod(self.mesh.shape[a] for a in sharding.BATCH_AXES)
-    pad = -len(array) % split
-    if pad:
-      array = np.concatenate([array, np.repeat(array[-1:], pad, axis=0)])
-    return sharding.shard_rows(array, self.mesh)
+    return sharding.shard_rows(sharding.pad_rows(array, self.mesh), self.mesh)
 
   def codes(self, conds, unconds, seed: int) -> np.ndarray:
     """Image codes [N, tokens_per_image] for prompts (token lists ending before the image, with
@@ -213,7 +207,7 @@ class CodeDrawer:
     """uint8 images for prompts (token lists ending before the image, with their images)."""
     s = self.s
     return self.codec.detokenize(self.codes(conds, unconds, seed), jax.random.key(seed + 1),
-                                 steps=s.pixel_steps, guidance=s.pixel_guidance)
+                                 steps=s.pixel_steps, guidance=s.pixel_guidance, mesh=self.mesh)
 
 
 class DreamDrawer:

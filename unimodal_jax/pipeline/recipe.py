@@ -371,15 +371,19 @@ def _check_self_assessment(config):
                      f"weight={float(sa.weight)} must be positive (enabled=False turns it off)")
 
 
+def _stage_mesh(config):
+  """The stages' mesh (config.stage_defaults.mesh), which drawing runs on too."""
+  from unimodal_jax import sharding
+  return sharding.make_mesh(config.stage_defaults.mesh.to_dict())
+
+
 def self_assessment_drawings(config, stage_dir, model_cfg, sp, codec, prompts: list[dict],
                              seed: int, log=print) -> np.ndarray:
-  """What a stage's ILLUME checkpoint draws for prompts, sampled as the evaluation samples, the
-  codes data-parallel on the stages' mesh (config.stage_defaults.mesh: a pod's devices each
-  draw their share)."""
-  from unimodal_jax import sharding
+  """What a stage's ILLUME checkpoint draws for prompts, sampled as the evaluation samples:
+  codes and pixels data-parallel on the stages' mesh (a pod's devices each draw their share)."""
   from unimodal_jax.pipeline import evaluate
   model, params, formatter, _ = _trained_illume(config, stage_dir, model_cfg, sp, codec)
-  mesh = sharding.make_mesh(config.stage_defaults.mesh.to_dict())
+  mesh = _stage_mesh(config)
   log(f"drawing {len(prompts)} prompts on mesh {dict(mesh.shape)}")
   draw = evaluate.CodeDrawer(model, params, formatter, codec,
                              evaluate.ImageSampling(**_image_sampling(config.eval)),
@@ -421,7 +425,8 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   und = evaluate.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
                                int(e.vqa_per_kind), int(e.batch), log=log)
   t_und = time.time() - t
-  draw = evaluate.CodeDrawer(model, params, formatter, codec, s, int(e.batch))
+  draw = evaluate.CodeDrawer(model, params, formatter, codec, s, int(e.batch),
+                             mesh=_stage_mesh(config))
   t = time.time()
   gen, prompts, gen_images = evaluate.generation(draw, formatter, seed,
                                                  int(e.geneval_per_category), log=log)
