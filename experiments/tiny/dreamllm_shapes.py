@@ -98,7 +98,7 @@ def get_config(arg=None):
 
   c.llm = dict(hidden_size=64 if micro else 128, intermediate_size=128 if micro else 384,
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
-               head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
+               head_dim=16 if micro else 32, max_seq_len=256, attention_impl="auto")
   # 16 dream queries (the paper: 64 for SD's 77-token condition; our U-Net read <= 24 tokens).
   c.num_dream_queries = 4 if micro else 16
   # DreamLLM reads the encoder's penultimate layer. The patch embeddings (feature_layer=0, the

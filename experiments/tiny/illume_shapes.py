@@ -65,7 +65,7 @@ def get_config(arg=None):
   # The LLM (the vision tower and codebook come from the tokenizer phase).
   c.llm = dict(hidden_size=64 if micro else 128, intermediate_size=128 if micro else 384,
                num_layers=2 if micro else 4, num_heads=4, num_kv_heads=2 if micro else 4,
-               head_dim=16 if micro else 32, max_seq_len=256, attention_impl="xla")
+               head_dim=16 if micro else 32, max_seq_len=256, attention_impl="auto")
   c.adapter_hidden = 0
   # How stage 1 starts the 2,048 image codes' embedding and head rows: "codebook" (random plus
   # the code's codebook vector through a fixed random projection, train/initialization.py), so

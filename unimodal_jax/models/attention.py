@@ -7,22 +7,29 @@ Dispatch (`impl`): 'xla' is jax.nn.dot_product_attention with an explicit mask (
 'pallas' is the fused kernel in kernels/flash_attention.py (on TPU/GPU; in interpret mode on a
 CPU; for TPU descriptions when compiling ahead of time); 'blockwise' is
 models/blockwise_attention.py (plain XLA ops that skip the masked half of the causal square, with
-a flash-style backward). 'auto' picks, for training-shaped calls (no cache offset), the kernel on
-TPU/GPU and 'blockwise' elsewhere, and 'xla' otherwise. The decoder's KV-cache decoding does not
+a flash-style backward); 'cpu_fused' is the C++ kernel in kernels/cpu_attention.py (float32 on
+the CPU, head_dim 16-128, built on first use). 'auto' picks, for training-shaped calls (no cache
+offset), the Pallas kernel on TPU/GPU, 'cpu_fused' on a CPU where it builds and takes the shapes,
+else 'blockwise', and 'xla' otherwise. The decoder's KV-cache decoding does not
 come through here: it calls `cached_attention` (below) on its heads-major cache. Inside
-`sharding.activation_sharding(mesh)` the kernel runs under jax.shard_map over the mesh's batch
-(and, when they divide, head) axes, since Mosaic kernels cannot be partitioned automatically.
+`sharding.activation_sharding(mesh)` the kernels (Pallas and CPU) run under jax.shard_map over
+the mesh's batch (and, when they divide, head) axes, since Mosaic kernels and custom calls cannot
+be partitioned automatically.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
+from unimodal_jax.kernels import cpu_attention
 from unimodal_jax.kernels.flash_attention import flash_attention, flash_attention_sharded
 from unimodal_jax.kernels.attention_mask import attention_mask
 from unimodal_jax.models.blockwise_attention import blockwise_causal_attention
 
-IMPLS = ("auto", "xla", "pallas", "blockwise")
+IMPLS = ("auto", "xla", "pallas", "blockwise", "cpu_fused")
 BATCH_AXES = ("data", "fsdp")  # as sharding.BATCH_AXES (which imports the models)
 HEAD_AXIS = "tensor"
 
@@ -46,19 +53,32 @@ def target_platform() -> str:
   return _platform(_context_mesh())
 
 
+def _over_mesh(fn, q, k, v, segment_ids, mesh):
+  """fn(q, k, v, segment_ids) per shard: batch over the mesh's batch axes, heads over 'tensor'
+  when it divides the key/value heads (so each shard keeps whole GQA groups)."""
+  if mesh is None or mesh.size == 1:
+    return fn(q, k, v, segment_ids)
+  batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
+  tensor = mesh.shape.get(HEAD_AXIS, 1)
+  head_axes = HEAD_AXIS if tensor > 1 and k.shape[2] % tensor == 0 else None
+  qkv = P(batch_axes, None, head_axes, None)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, P(batch_axes, None)),
+                       out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+
+
 def _fused(q, k, v, segment_ids, mesh):
   platform = _platform(mesh)
   if platform not in ("tpu", "gpu"):  # 'pallas' on a CPU: the TPU kernel in interpret mode
     return flash_attention(q, k, v, causal=True, segment_ids=segment_ids, impl="pallas",
                            interpret=True)
-  if mesh is None:
-    return flash_attention(q, k, v, causal=True, segment_ids=segment_ids, impl="pallas",
-                           platform=platform)
-  batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
-  tensor = mesh.shape.get(HEAD_AXIS, 1)
-  head_axes = HEAD_AXIS if tensor > 1 and k.shape[2] % tensor == 0 else None
-  return flash_attention_sharded(q, k, v, mesh, batch_axes=batch_axes, head_axes=head_axes,
-                                    segment_ids=segment_ids, impl="pallas", platform=platform)
+  kernel = functools.partial(flash_attention, causal=True, impl="pallas", platform=platform)
+  return _over_mesh(lambda q, k, v, s: kernel(q, k, v, segment_ids=s), q, k, v, segment_ids,
+                    mesh)
+
+
+def _cpu_fused_applies(q, k, mesh) -> bool:
+  return (_platform(mesh) == "cpu" and cpu_attention.supports(q.shape, k.shape)
+          and cpu_attention.available())
 
 
 def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_offset=0, impl="auto"):
@@ -80,6 +100,12 @@ def dot_product_attention(q, k, v, *, q_segment_ids, kv_segment_ids, q_offset=0,
   if impl == "pallas" or (impl == "auto" and training_shaped
                           and _platform(mesh) in ("tpu", "gpu")):
     return _fused(q, k, v, q_segment_ids, mesh)
+  if impl == "cpu_fused" or (impl == "auto" and training_shaped
+                             and _cpu_fused_applies(q, k, mesh)):
+    if not training_shaped:
+      raise ValueError("attention impl 'cpu_fused' covers self-attention without a KV-cache "
+                       "offset; use 'auto' to fall back to XLA for decoding")
+    return _over_mesh(cpu_attention.cpu_causal_attention, q, k, v, q_segment_ids, mesh)
   if impl == "blockwise" or (impl == "auto" and training_shaped):
     if not training_shaped:
       raise ValueError("attention impl 'blockwise' covers self-attention without a KV-cache "

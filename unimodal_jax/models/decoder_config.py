@@ -11,7 +11,7 @@ import dataclasses
 from unimodal_jax.models.model_config import ModelConfig
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_and_attention")
-ATTENTION_IMPLS = ("auto", "xla", "pallas", "blockwise")
+ATTENTION_IMPLS = ("auto", "xla", "pallas", "blockwise", "cpu_fused")
 
 
 @dataclasses.dataclass(frozen=True)
