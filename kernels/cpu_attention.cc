@@ -91,10 +91,15 @@ struct Dims {
   int64_t kv_at(int64_t bi, int64_t ti, int64_t hi) const { return ((bi * t + ti) * k + hi) * d; }
 };
 
-// Runs fn(0..count-1) on the caller and the pool's threads; returns when all have finished. The
-// caller works too, so progress never waits on a pool thread being free.
+// Below this many multiply-adds a call runs on the calling thread alone: waking a pool thread
+// cost about 0.35 ms, more than a 1 x 16-token call's whole work (tools/bench_cpu_attention.py).
+constexpr int64_t kMinParallelWork = int64_t{1} << 22;
+
+// Runs fn(0..count-1) on the caller and, when the work (`task_work` multiply-adds each) is worth
+// it, the pool's threads; returns when all have finished. The caller works too, so progress
+// never waits on a pool thread being free.
 template <typename Fn>
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Fn& fn) {
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t task_work, const Fn& fn) {
   struct Shared {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
@@ -108,7 +113,8 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Fn& fn) {
       shared->done.fetch_add(1, std::memory_order_release);
     }
   };
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), count - 1);
+  int64_t helpers = count * task_work < kMinParallelWork
+                        ? 0 : std::min<int64_t>(pool.num_threads(), count - 1);
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule(decltype(work)(work));
   work();
   while (shared->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
@@ -381,7 +387,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
                                  seg.dimensions(), dm);
   if (checked.failure()) return checked;
   return ByHeadVectors(dm.d, [&](auto nd) {
-    ParallelFor(pool, dm.b * dm.n, [&](int64_t task) {
+    ParallelFor(pool, dm.b * dm.n, dm.tp * dm.tp * dm.d, [&](int64_t task) {
       ForwardHead<decltype(nd)::value>(dm, q.typed_data(), k.typed_data(), v.typed_data(),
                                        seg.typed_data(), o->typed_data(), lse->typed_data(),
                                        task);
@@ -399,7 +405,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                                  seg.dimensions(), dm);
   if (checked.failure()) return checked;
   return ByHeadVectors(dm.d, [&](auto nd) {
-    ParallelFor(pool, dm.b * dm.k, [&](int64_t task) {
+    ParallelFor(pool, dm.b * dm.k, dm.group() * dm.tp * dm.tp * dm.d * 2, [&](int64_t task) {
       BackwardHead<decltype(nd)::value>(dm, q.typed_data(), k.typed_data(), v.typed_data(),
                                         seg.typed_data(), o.typed_data(), lse.typed_data(),
                                         d_o.typed_data(), dq->typed_data(), dk->typed_data(),

@@ -36,9 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
-from jax.sharding import PartitionSpec as P
 
-from unimodal_jax.kernels.dispatch import resolve_impl
+from unimodal_jax.kernels.dispatch import resolve_impl, shard_attention
 from unimodal_jax.kernels.attention_mask import attention_mask
 
 # Finite, so a fully masked row (only padded query rows) averages instead of producing NaN.
@@ -772,18 +771,11 @@ def flash_attention(q, k, v, *, causal=True, segment_ids=None, impl="auto", inte
 def flash_attention_sharded(q, k, v, mesh, *, batch_axes, head_axes=None, segment_ids=None,
                             **kwargs):
   """flash_attention with batch sharded over `batch_axes` and (optionally) heads over
-  `head_axes`, inside jax.shard_map: Mosaic kernels cannot be partitioned automatically. Query
-  and key/value heads are split alike, so each shard keeps whole GQA groups. The Pallas
-  platform follows the mesh's devices (so this also compiles ahead of time for TPU descriptions).
+  `head_axes`, inside jax.shard_map (`dispatch.shard_attention`): Mosaic kernels cannot be
+  partitioned automatically. The Pallas platform follows the mesh's devices (so this also
+  compiles ahead of time for TPU descriptions).
   """
   if "platform" not in kwargs:  # (setdefault would read .devices, which abstract meshes lack)
     kwargs["platform"] = mesh.devices.flat[0].platform
-  qkv = P(batch_axes, None, head_axes, None)
-  if segment_ids is None:
-    fn = jax.shard_map(lambda a, b_, c: flash_attention(a, b_, c, **kwargs), mesh=mesh,
-                       in_specs=(qkv, qkv, qkv), out_specs=qkv, check_vma=False)
-    return fn(q, k, v)
-  fn = jax.shard_map(lambda a, b_, c, s: flash_attention(a, b_, c, segment_ids=s, **kwargs),
-                     mesh=mesh, in_specs=(qkv, qkv, qkv, P(batch_axes, None)), out_specs=qkv,
-                     check_vma=False)
-  return fn(q, k, v, segment_ids)
+  return shard_attention(functools.partial(flash_attention, **kwargs), q, k, v, mesh,
+                         batch_axes=batch_axes, head_axes=head_axes, segment_ids=segment_ids)

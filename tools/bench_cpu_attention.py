@@ -73,12 +73,11 @@ def bench_shape(b, t, heads, kv_heads, d, steps, repeats):
   k, v = (jnp.asarray(rng.normal(size=(b, t, kv_heads, d)), jnp.float32) for _ in range(2))
   w = jnp.asarray(rng.normal(size=(b, t, heads, d)), jnp.float32)
   seg = jnp.ones((b, t), jnp.int32)
-  sides, want = {}, None
+  want = _jax_side("xla", seg)(q, k, v, w)
+  sides = {}
   for impl in JAX_IMPLS:
     fn = _jax_side(impl, seg)
     got = fn(q, k, v, w)
-    if want is None:
-      want = _jax_side("xla", seg)(q, k, v, w)
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-3, atol=1e-3,
                                  err_msg=f"{impl} disagrees with the reference")

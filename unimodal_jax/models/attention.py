@@ -22,9 +22,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from unimodal_jax.kernels import cpu_attention
+from unimodal_jax.kernels.dispatch import shard_attention
 from unimodal_jax.kernels.flash_attention import flash_attention, flash_attention_sharded
 from unimodal_jax.kernels.attention_mask import attention_mask
 from unimodal_jax.models.blockwise_attention import blockwise_causal_attention
@@ -54,16 +54,15 @@ def target_platform() -> str:
 
 
 def _over_mesh(fn, q, k, v, segment_ids, mesh):
-  """fn(q, k, v, segment_ids) per shard: batch over the mesh's batch axes, heads over 'tensor'
-  when it divides the key/value heads (so each shard keeps whole GQA groups)."""
+  """fn(q, k, v, segment_ids=...) per shard: batch over the mesh's batch axes, heads over
+  'tensor' when it divides the key/value heads."""
   if mesh is None or mesh.size == 1:
-    return fn(q, k, v, segment_ids)
+    return fn(q, k, v, segment_ids=segment_ids)
   batch_axes = tuple(a for a in BATCH_AXES if a in mesh.shape)
   tensor = mesh.shape.get(HEAD_AXIS, 1)
   head_axes = HEAD_AXIS if tensor > 1 and k.shape[2] % tensor == 0 else None
-  qkv = P(batch_axes, None, head_axes, None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, P(batch_axes, None)),
-                       out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+  return shard_attention(fn, q, k, v, mesh, batch_axes=batch_axes, head_axes=head_axes,
+                         segment_ids=segment_ids)
 
 
 def _fused(q, k, v, segment_ids, mesh):
@@ -72,8 +71,7 @@ def _fused(q, k, v, segment_ids, mesh):
     return flash_attention(q, k, v, causal=True, segment_ids=segment_ids, impl="pallas",
                            interpret=True)
   kernel = functools.partial(flash_attention, causal=True, impl="pallas", platform=platform)
-  return _over_mesh(lambda q, k, v, s: kernel(q, k, v, segment_ids=s), q, k, v, segment_ids,
-                    mesh)
+  return _over_mesh(kernel, q, k, v, segment_ids, mesh)
 
 
 def _cpu_fused_applies(q, k, mesh) -> bool:
