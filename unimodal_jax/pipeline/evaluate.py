@@ -91,7 +91,7 @@ def understanding(model, params, formatter, sp, seed: int, per_style: int, per_k
     images = jnp.asarray(_stack_images(ims, size))
     out = np.asarray(sampling.generate_text(model, params, tokens, mask, jax.random.key(0), cfg,
                                             images=images))
-    first = np.asarray(_first_logits(model, params, tokens, mask, images))
+    first = np.asarray(first_logits(model, params, tokens, mask, images))
     for j, logits in zip(idx, first):
       if docs[j].metadata["question_type"] == "existence":
         margins.append(float(logits[yes_no[0]] - logits[yes_no[1]]))
@@ -116,7 +116,7 @@ def understanding(model, params, formatter, sp, seed: int, per_style: int, per_k
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _first_logits(model, params, tokens, mask, images):
+def first_logits(model, params, tokens, mask, images):
   """The logits of each prompt's first answer token [B, V] (one pass over the prompt)."""
   return sampling.prefill(model, params, tokens, mask, tokens.shape[1] + 1, images=images)[0]
 
@@ -275,19 +275,63 @@ def generation(draw, formatter, seed: int, per_category: int,
 
 
 def generation_ceiling(codec, seed: int, per_category: int, s: ImageSampling,
-                       log=print) -> dict:
+                       log=print) -> tuple[dict, np.ndarray, np.ndarray]:
   """GenEval-style scores of detokenize(tokenize(scene)) for scenes that satisfy the prompts
-  `generation` asks (the same prompts and pixel sampling): the tokenizer's ceiling."""
+  `generation` asks (the same prompts and pixel sampling): the tokenizer's ceiling. Returns
+  (scores, the rendered scenes, their decoded reconstructions)."""
   prompts = geneval.geneval_prompts(seed, per_category)
   rng = np.random.default_rng([seed, 3])
   scenes = [geneval.render_for_spec(p["spec"], rng, size=codec.image_size) for p in prompts]
-  codes = codec.tokenize(np.stack([shapes.render(sc) for sc in scenes]))
-  images = codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
-                            guidance=s.pixel_guidance)
+  rendered = np.stack([shapes.render(sc) for sc in scenes])
+  images = codec.detokenize(codec.tokenize(rendered), jax.random.key(seed + 1),
+                            steps=s.pixel_steps, guidance=s.pixel_guidance)
   result = geneval_scores(prompts, images)
   log(f"eval: generation ceiling of the tokenizer (right scenes, tokenized and decoded) "
       f"{result['overall']:.3f}")
-  return result
+  return result, rendered, np.asarray(images)
+
+
+def counting_reads(answer_logits, formatter, sp, prompts: list[dict], images: np.ndarray,
+                   batch: int = 32) -> dict:
+  """How well the model reads a set of images: for each object a prompt asks for, "How many
+  <color> <shapes> are there?" about its image, the model's most likely first answer token among
+  the count words against the count the judge finds there.
+
+  Only objects the judge finds 1-4 times are asked: asked about an absent kind the model answers
+  by the question's presupposition (it says "zero" for almost none), which would make a set of
+  images that lack the objects look unreadable rather than wrong. `answer_logits(tokens, mask,
+  images)` gives the logits of each prompt's first answer token ([B, vocab]). Returns the
+  accuracy, the number asked and the number skipped (absent, or more than four)."""
+  words = shapes.NUMBER_WORDS[:5]
+  pieces = [sp.encode(w) for w in words]
+  if any(len(p) != 1 for p in pieces):
+    raise ValueError(f"counting_reads: the count words {words} must each be one text piece; "
+                     f"the tokenizer splits them as {pieces}")
+  candidates = [p[0] for p in pieces]
+  items, skipped = [], 0
+  for i, p in enumerate(prompts):
+    found = shapes_judge.detect(images[i])
+    for req in p["spec"]["include"]:
+      count = sum(o.shape == req["shape"] and ("color" not in req or o.color == req["color"])
+                  for o in found)
+      if not 1 <= count <= 4:
+        skipped += 1
+        continue
+      noun = " ".join(([req["color"]] if "color" in req else []) + [shapes.PLURALS[req["shape"]]])
+      items.append((i, f"How many {noun} are there?", count))
+  hits = []
+  for idx in _batches(len(items), batch):
+    # The assistant's text only marks where the answer starts; prompt_of cuts it away.
+    cut = [prompt_of(formatter, Document(f"eval/reads/{j}", "conversation", [
+        Segment.of_image(shapes.encode_png(images[items[j][0]]), "user"),
+        Segment.of_text(items[j][1], "user"), Segment.of_text(words[1], "assistant")]))
+           for j in idx]
+    tokens, mask = sampling.left_pad([c[0] for c in cut])
+    logits = np.asarray(answer_logits(jnp.asarray(tokens), jnp.asarray(mask),
+                                      jnp.asarray(np.stack([c[1] for c in cut]))))
+    hits += [int(np.argmax(row[candidates])) == items[j][2] for j, row in zip(idx, logits)]
+  return {"accuracy": float(np.mean(hits)) if hits else 0.0, "asked": len(hits),
+          "skipped": skipped}
 
 
 def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, list, np.ndarray]:
@@ -317,5 +361,5 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
 
 
 __all__ = ["prompt_of", "decode_answer", "understanding", "draw_prompts", "generation",
-           "generation_ceiling", "editing", "geneval_scores", "ImageSampling", "CodeDrawer",
-           "DreamDrawer"]
+           "generation_ceiling", "first_logits", "counting_reads", "editing", "geneval_scores",
+           "ImageSampling", "CodeDrawer", "DreamDrawer"]

@@ -23,6 +23,7 @@ another clone) is still recognized as finished.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -430,8 +431,8 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   t = time.time()
   gen, prompts, gen_images = evaluate.generation(draw, formatter, seed,
                                                  int(e.geneval_per_category), log=log)
-  gen["tokenizer_ceiling"] = evaluate.generation_ceiling(codec, seed,
-                                                         int(e.geneval_per_category), s, log=log)
+  gen["tokenizer_ceiling"], rendered, decoded = evaluate.generation_ceiling(
+      codec, seed, int(e.geneval_per_category), s, log=log)
   t_gen = time.time() - t
   # The model assesses its own held-out drawings, as the self-assessment dialogues ask.
   t = time.time()
@@ -443,6 +444,15 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   log(f"eval: self-assessment agrees with the judge on {assessed['agreement']:.3f} of "
       f"{assessed['images']} drawings (balanced {assessed['balanced_agreement']:.3f}, readable "
       f"{assessed['parsed']:.3f})")
+  # Can it read its drawings at all? The same counting questions about the right scenes, their
+  # reconstructions through the tokenizer and its own drawings (the judge's counts as truth).
+  answer_logits = functools.partial(evaluate.first_logits, model, params)
+  assessed["reading"] = {name: evaluate.counting_reads(answer_logits, formatter, sp, prompts,
+                                                       read, int(e.batch))
+                         for name, read in (("scenes", rendered), ("reconstructions", decoded),
+                                            ("drawings", gen_images))}
+  log("eval: counting the asked objects, the model reads " + ", ".join(
+      f"{k} {v['accuracy']:.3f}" for k, v in assessed["reading"].items()))
   draws = int(e.get("self_assessed_draws", 1))
   if draws > 1:  # test-time use: up to `draws` drawings per prompt, the model's pick scored
     images = [gen_images] + [evaluate.draw_prompts(draw, formatter, [p["prompt"] for p in prompts],

@@ -75,6 +75,12 @@ def write_markdown(path: str, results: dict) -> None:
                    assessed.get("balanced_agreement", 0.0))]
     for k, v in assessed["per_aspect"].items():
       lines.append(_row(f"aspect: {k}", v))
+    reading = assessed.get("reading")
+    if reading:  # how well the model reads each kind of image at all
+      lines += ["", "Counting the objects each prompt asks for (\"How many ... are there?\", the "
+                "judge's count as the truth, objects it finds 1-4 times):", "",
+                "| images read | accuracy | asked |", "|---|---|---|"]
+      lines += [f"| {k} | {v['accuracy']:.3f} | {v['asked']} |" for k, v in reading.items()]
   lines += ["", "## Wall time per phase (s)", "", "| phase | seconds |", "|---|---|"]
   for k, v in results.get("phase_seconds", {}).items():
     lines.append(f"| {k} | {v:.0f} |")
