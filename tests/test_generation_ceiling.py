@@ -122,11 +122,13 @@ def test_counting_reads_skips_objects_the_judge_does_not_find(job_text):
 
 
 def test_counting_reads_refuses_a_tokenizer_that_splits_the_count_words(job_text):
-  _, fmt = job_text
+  sp, fmt = job_text
 
   class Letters:  # spells every word letter by letter
     def encode(self, text):
       return [ord(c) for c in text]
+  assert len(set(evaluate.count_word_pieces(sp))) == 5  # the job's: one piece each
+  assert evaluate.count_word_pieces(Letters()) is None  # the evaluation then skips the check
   with pytest.raises(ValueError, match="count words"):
     evaluate.counting_reads(lambda *a: None, fmt, Letters(), geneval.geneval_prompts(1, 1),
                             np.zeros((6, 32, 32, 3), np.uint8))

@@ -291,6 +291,13 @@ def generation_ceiling(codec, seed: int, per_category: int, s: ImageSampling,
   return result, rendered, np.asarray(images)
 
 
+def count_word_pieces(sp) -> list[int] | None:
+  """The text pieces of "zero" ... "four" (counting_reads' answers), or None where the text
+  tokenizer splits any of them."""
+  pieces = [sp.encode(w) for w in shapes.NUMBER_WORDS[:5]]
+  return None if any(len(p) != 1 for p in pieces) else [p[0] for p in pieces]
+
+
 def counting_reads(answer_logits, formatter, sp, prompts: list[dict], images: np.ndarray,
                    batch: int = 32) -> dict:
   """How well the model reads a set of images: for each object a prompt asks for, "How many
@@ -303,11 +310,10 @@ def counting_reads(answer_logits, formatter, sp, prompts: list[dict], images: np
   images)` gives the logits of each prompt's first answer token ([B, vocab]). Returns the
   accuracy, the number asked and the number skipped (absent, or more than four)."""
   words = shapes.NUMBER_WORDS[:5]
-  pieces = [sp.encode(w) for w in words]
-  if any(len(p) != 1 for p in pieces):
+  candidates = count_word_pieces(sp)
+  if candidates is None:
     raise ValueError(f"counting_reads: the count words {words} must each be one text piece; "
-                     f"the tokenizer splits them as {pieces}")
-  candidates = [p[0] for p in pieces]
+                     f"the tokenizer splits them as {[sp.encode(w) for w in words]}")
   items, skipped = [], 0
   for i, p in enumerate(prompts):
     found = shapes_judge.detect(images[i])
@@ -361,5 +367,5 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
 
 
 __all__ = ["prompt_of", "decode_answer", "understanding", "draw_prompts", "generation",
-           "generation_ceiling", "first_logits", "counting_reads", "editing", "geneval_scores",
-           "ImageSampling", "CodeDrawer", "DreamDrawer"]
+           "generation_ceiling", "first_logits", "count_word_pieces", "counting_reads", "editing",
+           "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]
