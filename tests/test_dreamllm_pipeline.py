@@ -75,3 +75,20 @@ def test_dreamllm_main_job_micro_runs_resumes_after_kill_and_reports(tmp_path):
   with pytest.raises(ValueError, match="another CLIP"):
     dreamllm_parts.check_pair(str(other), str(decoder_dir))
   shutil.rmtree(other)
+
+  # unimodal_jax.load: the same calls as ILLUME's, drawn through the dream queries; no editing.
+  import unimodal_jax
+  from unimodal_jax.data.worlds import shapes
+  model = unimodal_jax.load(str(tmp_path))
+  assert model.kind == "dreamllm" and model.codec is None
+  size = model.model_config.dream_image_size
+  drawn = model.generate_image(["a photo of a red circle", "a photo of two squares"], seed=1)
+  assert [im.size for im in drawn] == [(size, size)] * 2
+  assert np.array_equal(np.asarray(model.generate_image(["a photo of a red circle"], seed=1)[0]),
+                        np.asarray(drawn[0]))
+  doc = shapes.make_document(1, 0, "conversation", size=model.image_size)
+  answers = model.answer([shapes.decode_image(doc.segments[0].image)] * 2,
+                         [doc.segments[1].text, "How many circles are there?"])
+  assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+  with pytest.raises(NotImplementedError, match="does not train editing"):
+    model.edit(drawn[:1], ["make it blue"])

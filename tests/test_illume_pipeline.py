@@ -67,6 +67,7 @@ def test_pipeline_micro_runs_resumes_after_kill_and_reports(tmp_path):
   assessed = results["self_assessment"]
   assert assessed["images"] == 12 and 0.0 <= assessed["agreement"] <= 1.0
   _self_assess_tool_takes_an_external_scorer(tmp_path, env)
+  _loaded_for_users(tmp_path, env)
   assert set(results["phase_seconds"]) == {"tokenizer", "data", "stage1", "stage2",
                                           "self_assessment", "stage3"}
   assert (tmp_path / "results.md").read_text().startswith("# ILLUME on the shapes world")
@@ -150,6 +151,86 @@ def _self_assess_tool_takes_an_external_scorer(workdir, env):
   assert '"images"' in outs[0][0] and '"images"' not in outs[1][0], "the first one reports"
   for name in sorted(os.listdir(workdir / "drawn")):
     assert (workdir / "drawn2" / name).read_bytes() == (workdir / "drawn" / name).read_bytes()
+
+
+def _loaded_for_users(workdir, env):
+  """unimodal_jax.load on the finished micro workdir: it answers as the evaluation does, draws
+  and edits reproducibly, names bad input; the quickstart notebook runs on it; POPE's and
+  GenEval's commands answer and draw through it."""
+  import nbclient
+  import nbformat
+  import numpy as np
+  from PIL import Image
+  import unimodal_jax
+  from unimodal_jax.data.worlds import shapes
+  from unimodal_jax.eval import jsonl
+  from unimodal_jax.pipeline import evaluate
+  model = unimodal_jax.load(str(workdir))
+  assert model.kind == "illume" and model.stage_dir == str(workdir / "stage3")
+  assert unimodal_jax.load(str(workdir / "stage2")).stage_dir == str(workdir / "stage2")
+  # The evaluation's own answers to its first six held-out questions (one of each kind), asked
+  # again through the facade with the same images: the same prompt layout gives the same text.
+  seed, size = int(model.config.data.eval_seed), model.image_size
+  und = evaluate.understanding(model.model, model.params, model.formatter, model.sp, seed, 1, 1,
+                               log=lambda *a: None)
+  docs = [shapes.make_document(seed, i, "conversation", size=size) for i in range(6)]
+  scenes = [shapes.decode_image(d.segments[0].image) for d in docs]
+  questions = [d.segments[1].text for d in docs]
+  assert [e["question"] for e in und["examples"]] == questions
+  assert [a.lower() for a in model.answer(scenes, questions)] == [
+      e["model"] for e in und["examples"]]
+  assert model.answer([Image.fromarray(scenes[0])], questions[:1]) == model.answer(
+      scenes[:1], questions[:1])  # PIL or numpy alike
+  drawn = model.generate_image(["a photo of a red circle", "a photo of two squares"], seed=3)
+  assert [im.size for im in drawn] == [(size, size)] * 2
+  again = model.generate_image(["a photo of a red circle"], seed=3)
+  assert np.array_equal(np.asarray(again[0]), np.asarray(drawn[0]))
+  assert len(model.edit(scenes[:2], ["make the circle blue", "remove the square"])) == 2
+  with pytest.raises(ValueError, match="float32 array"):
+    model.answer([scenes[0].astype(np.float32)], ["q"])
+  with pytest.raises(ValueError, match="the model's context of"):
+    model.generate_image(["circle " * 400])
+  # The notebook, on this workdir.
+  nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
+  os.environ["QUICKSTART_WORKDIR"] = str(workdir)
+  try:
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": REPO}}).execute()
+  finally:
+    del os.environ["QUICKSTART_WORKDIR"]
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 4  # drawn, scene, edited
+  assert any("How many circles are there? -> '" in o.get("text", "") for o in outputs)
+  # POPE: the model's answers written in the official format, then scored.
+  images = workdir / "pope_images"
+  images.mkdir()
+  for i, s in enumerate(scenes[:3]):
+    Image.fromarray(s).save(images / f"{i}.png")
+  jsonl.write(str(workdir / "pope_q.jsonl"), [
+      {"question_id": i, "image": f"{i}.png", "text": questions[i],
+       "label": docs[i].metadata["answer"]} for i in range(3)])  # the existence questions
+  pope_cmd = subprocess.run(
+      [sys.executable, "-m", "unimodal_jax.eval.pope", f"--questions={workdir / 'pope_q.jsonl'}",
+       f"--answers={workdir / 'pope_a.jsonl'}", f"--workdir={workdir}", f"--image_dir={images}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert pope_cmd.returncode == 0, pope_cmd.stderr[-3000:]
+  written = [r for _, r in jsonl.read(str(workdir / "pope_a.jsonl"))]
+  assert [r["answer"] for r in written] == model.answer(scenes[:3], questions[:3])
+  assert json.loads(pope_cmd.stdout.strip().splitlines()[-1])["questions"] == 3
+  # GenEval: drawn into the official layout and scored.
+  jsonl.write(str(workdir / "meta.jsonl"), [
+      {"tag": "single_object", "include": [{"class": "circle", "count": 1}],
+       "prompt": "a photo of a circle"},
+      {"tag": "counting", "include": [{"class": "square", "count": 2}],
+       "exclude": [{"class": "square", "count": 3}], "prompt": "a photo of two squares"}])
+  gen_cmd = subprocess.run(
+      [sys.executable, "-m", "unimodal_jax.eval.geneval", f"--metadata={workdir / 'meta.jsonl'}",
+       f"--workdir={workdir}", f"--out={workdir / 'geneval'}", "--samples=2"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert gen_cmd.returncode == 0, gen_cmd.stderr[-3000:]
+  assert sorted(os.listdir(workdir / "geneval" / "00001" / "samples")) == ["0000.png", "0001.png"]
+  scores = json.loads(gen_cmd.stdout.strip().splitlines()[-1])
+  assert scores["images"] == 4 and set(scores) >= {"single_object", "counting", "overall"}
 
 
 def test_a_workdir_of_another_run_identity_is_moved_aside(tmp_path):

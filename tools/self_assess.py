@@ -29,16 +29,11 @@ import sys
 
 
 def _read_jsonl(path: str) -> list[dict]:
-  rows = []
-  with open(path) as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError as e:
-        raise SystemExit(f"error: {path}, line {n}: not JSON ({e})")
-  return rows
+  from unimodal_jax.eval import jsonl
+  try:
+    return [row for _, row in jsonl.read(path)]
+  except jsonl.FormatError as e:
+    raise SystemExit(f"error: {e}")
 
 
 def _prompts(config, path: str) -> list[dict]:

@@ -12,4 +12,11 @@ def load_pretrained(directory, **kwargs):
   return _load(directory, **kwargs)
 
 
-__all__ = ["load_pretrained", "__version__"]
+def load(directory):
+  """`model = load(dir)`: a trained ILLUME or DreamLLM from its main job's workdir (or one stage
+  directory), with `.generate_image`, `.answer` and `.edit`; see `unimodal_jax.trained_model`."""
+  from unimodal_jax.trained_model import load as _load
+  return _load(directory)
+
+
+__all__ = ["load", "load_pretrained", "__version__"]

@@ -34,3 +34,14 @@ def decode_resize(data: bytes, size: int, where: str = "image") -> np.ndarray:
       return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
   except Exception as e:  # PIL raises many types for corrupt or truncated data
     raise ImageError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def read_rgb(path: str) -> np.ndarray:
+  """An image file -> uint8 [H, W, 3] at its own size; a missing or undecodable file is an
+  ImageError naming the path."""
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
+  return decode_rgb(data, where=path)

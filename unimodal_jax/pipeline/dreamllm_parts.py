@@ -117,16 +117,12 @@ def stage_init(parts: Parts) -> dict:
   return {"init_parts": {"vision_encoder": parts.clip_dir, "unet": parts.decoder_dir}}
 
 
-def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: dict, log) -> dict:
-  """POPE-style, VQA and GenEval-style scores, the same as ILLUME's job (pipeline/evaluate.py),
-  drawn through the dream queries and the frozen U-Net; results.md, results.json, samples.png."""
+def trained(config, stage_dir, model_cfg, sp):
+  """(model, params, formatter, model config) of a stage's DreamLLM checkpoint, for sampling."""
   from unimodal_jax import checkpoints
   from unimodal_jax.data import formatting
   from unimodal_jax.data.vocab import Vocab
   from unimodal_jax.models import build
-  from unimodal_jax.pipeline import evaluate as evaluate_lib, report
-  from unimodal_jax.train import results as results_lib
-  e = config.eval
   model_config = build.config_from_dict(model_cfg)
   model = build.build(model_config)
   params, _ = checkpoints.restore_params(stage_dir)
@@ -134,16 +130,29 @@ def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: di
   formatter = formatting.Formatter(sp, vocab, formatting.FormatConfig(
       max_length=4 * int(config.seq_len), tokens_per_image=model_config.tokens_per_image,
       **{**config.format.to_dict(), "text_dropout": 0.0}))
+  return model, params, formatter, model_config
+
+
+def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: dict, log) -> dict:
+  """POPE-style, VQA and GenEval-style scores, the same as ILLUME's job (pipeline/evaluate.py),
+  drawn through the dream queries and the frozen U-Net; results.md, results.json, samples.png."""
+  from unimodal_jax.pipeline import evaluate as evaluate_lib, report
+  from unimodal_jax.train import results as results_lib
+  e = config.eval
+  model, params, formatter, model_config = trained(config, stage_dir, model_cfg, sp)
   seed = int(config.data.eval_seed)
   t = time.time()
+  bench = os.path.join(workdir, report.BENCHMARKS)
   und = evaluate_lib.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
-                                   int(e.vqa_per_kind), int(e.batch), log=log)
+                                   int(e.vqa_per_kind), int(e.batch), log=log,
+                                   pope_dir=os.path.join(bench, "pope"))
   t_und = time.time() - t
   t = time.time()
   draw = evaluate_lib.DreamDrawer(model, params, formatter, steps=int(e.steps),
                                   guidance=float(e.guidance), batch=int(e.batch))
   gen, prompts, images = evaluate_lib.generation(draw, formatter, seed,
-                                                 int(e.geneval_per_category), log=log)
+                                                 int(e.geneval_per_category), log=log,
+                                                 out_dir=os.path.join(bench, "geneval"))
   # The decoder's own text-to-image from CLIP text (train/diffusion_decoder.py): the ceiling of
   # what the queries can make it draw, as the tokenizer's is for ILLUME.
   gen["decoder_ceiling"] = (phases.get("parts", {}).get("figures", {}).get("geneval") or {})
@@ -168,4 +177,4 @@ def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: di
 
 
 __all__ = ["Parts", "fingerprint_inputs", "locate", "prepare", "check_pair", "model_dict",
-           "stage_init", "evaluate"]
+           "stage_init", "trained", "evaluate"]

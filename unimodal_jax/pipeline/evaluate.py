@@ -23,6 +23,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,8 @@ import numpy as np
 from unimodal_jax import sampling, sharding
 from unimodal_jax.data.documents import Document, Segment
 from unimodal_jax.data.worlds import geneval, shapes
-from unimodal_jax.eval import shapes_judge
+from unimodal_jax.eval import geneval as benchmark_geneval
+from unimodal_jax.eval import jsonl, pope, shapes_judge
 
 
 def prompt_of(formatter, doc: Document):
@@ -63,52 +65,87 @@ def decode_answer(row, sp, formatter) -> str:
   return sp.decode([t for t in ids if t < formatter.vocab.text_size])
 
 
-def understanding(model, params, formatter, sp, seed: int, per_style: int, per_kind: int,
-                  batch: int = 32, log=print) -> dict:
-  """Accuracy per question kind (existence split by POPE style) on held-out scenes."""
-  plan = shapes.QUESTION_PLAN
-  wanted = collections.Counter()
-  docs = []
-  i = 0
-  while any(wanted[k] < (per_style if k[0] == "existence" else per_kind) for k in plan):
-    kind = plan[i % len(plan)]
-    if wanted[kind] < (per_style if kind[0] == "existence" else per_kind):
-      docs.append(shapes.make_document(seed, i, "conversation", size=formatter.config.image_size))
-      wanted[kind] += 1
-    i += 1
-  cfg = sampling.SamplingConfig(max_new_tokens=6, temperature=0.0,
+def answer_prompt(formatter, image: bytes, question: str):
+  """(prompt tokens, images) of a question about an encoded image, cut where the answer
+  starts."""
+  # The assistant's text only marks where the answer starts; prompt_of cuts it away.
+  return prompt_of(formatter, Document("eval/answer", "conversation", [
+      Segment.of_image(image, "user"), Segment.of_text(question, "user"),
+      Segment.of_text("yes", "assistant")]))
+
+
+def answer_texts(model, params, formatter, sp, cut, max_new_tokens: int) -> list[str]:
+  """Greedy answers to cut prompts ((tokens, images) pairs, one batch), as text."""
+  cfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
                                 stop_tokens=(formatter.vocab.eos_id,),
                                 pad_id=formatter.vocab.eos_id)
+  tokens, mask = sampling.left_pad([c[0] for c in cut])
+  images = jnp.asarray(_stack_images([c[1] for c in cut], formatter.config.image_size))
+  out = np.asarray(sampling.generate_text(model, params, jnp.asarray(tokens), jnp.asarray(mask),
+                                          jax.random.key(0), cfg, images=images))
+  return [decode_answer(row, sp, formatter) for row in out]
+
+
+def understanding(model, params, formatter, sp, seed: int, per_style: int, per_kind: int,
+                  batch: int = 32, log=print, pope_dir: str | None = None) -> dict:
+  """Accuracy per question kind on held-out scenes: the existence questions are POPE's, scored
+  by its official rule (eval/pope.py) per negative-sampling style, with its precision, recall,
+  F1 and yes-ratio under "pope"; with `pope_dir`, written there as POPE's files. The others
+  (counting, color, position) by exact match."""
+  docs = shapes.held_out_questions(seed, per_style, per_kind, formatter.config.image_size)
   size = formatter.config.image_size
   yes_no = [sp.encode(w)[0] for w in ("yes", "no")]
   hits = collections.defaultdict(list)
   answers = []
   margins, truths = [], []
+  raw = {}  # existence questions' answers as generated, for POPE's rule
   for idx in _batches(len(docs), batch):
-    prompts, ims = zip(*(prompt_of(formatter, docs[j]) for j in idx))
-    tokens, mask = sampling.left_pad(list(prompts))
-    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
-    images = jnp.asarray(_stack_images(ims, size))
-    out = np.asarray(sampling.generate_text(model, params, tokens, mask, jax.random.key(0), cfg,
-                                            images=images))
-    first = np.asarray(first_logits(model, params, tokens, mask, images))
+    cut = [prompt_of(formatter, docs[j]) for j in idx]
+    texts = answer_texts(model, params, formatter, sp, cut, max_new_tokens=6)
+    tokens, mask = sampling.left_pad([c[0] for c in cut])
+    images = jnp.asarray(_stack_images([c[1] for c in cut], size))
+    first = np.asarray(first_logits(model, params, jnp.asarray(tokens), jnp.asarray(mask),
+                                    images))
     for j, logits in zip(idx, first):
       if docs[j].metadata["question_type"] == "existence":
         margins.append(float(logits[yes_no[0]] - logits[yes_no[1]]))
         truths.append(docs[j].metadata["answer"] == "yes")
-    for j, row in zip(idx, out):
-      text = decode_answer(row, sp, formatter).strip().lower()
+    for j, text in zip(idx, texts):
       meta = docs[j].metadata
-      key = (f"pope_{meta['pope_style']}" if meta["question_type"] == "existence"
-             else meta["question_type"])
-      hits[key].append(text == meta["answer"])
+      if meta["question_type"] == "existence":
+        raw[j] = text.strip()
+      else:  # open answers (a count, a color) and position's yes/no: exact match
+        hits[meta["question_type"]].append(text.strip().lower() == meta["answer"])
       answers.append({"question": docs[j].segments[1].text, "answer": meta["answer"],
-                      "model": text})
+                      "model": text.strip().lower()})
   result = {k: float(np.mean(v)) for k, v in sorted(hits.items())}
-  pope = [x for k, v in hits.items() if k.startswith("pope_") for x in v]
-  result["pope_overall"] = float(np.mean(pope)) if pope else 0.0
+  counts = {k: len(v) for k, v in sorted(hits.items())}
+  # The existence questions are POPE's: scored by its official rule (eval/pope.py), per
+  # negative-sampling style and overall.
+  questions = [{"question_id": j, "image": f"{j:05d}.png", "text": docs[j].segments[1].text,
+                "label": docs[j].metadata["answer"], "style": docs[j].metadata["pope_style"]}
+               for j in sorted(raw)]
+  for style in shapes.POPE_STYLES:
+    subset = [q for q in questions if q["style"] == style]
+    if subset:
+      result[f"pope_{style}"] = pope.score(subset, raw)["accuracy"]
+      counts[f"pope_{style}"] = len(subset)
+  if questions:
+    result["pope"] = pope.score(questions, raw)
+    result["pope_overall"] = result["pope"]["accuracy"]
+    if pope_dir:  # the official files, re-scored by python -m unimodal_jax.eval.pope
+      jsonl.write(os.path.join(pope_dir, "questions.jsonl"),
+                  [{k: v for k, v in q.items() if k != "style"} for q in questions])
+      pope.write_answers(os.path.join(pope_dir, "answers.jsonl"), questions,
+                         [raw[q["question_id"]] for q in questions])
+      os.makedirs(os.path.join(pope_dir, "images"), exist_ok=True)
+      for q in questions:
+        with open(os.path.join(pope_dir, "images", q["image"]), "wb") as f:
+          f.write(docs[q["question_id"]].segments[0].image)
+  else:
+    result["pope_overall"] = 0.0
   result["pope_auc"] = ranking_auc(margins, truths)
-  result["count"] = {k: len(v) for k, v in sorted(hits.items())}
+  result["count"] = counts
   result["examples"] = answers[:12]
   log("eval: understanding " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                          if isinstance(v, float)))
@@ -240,14 +277,17 @@ class DreamDrawer:
     return np.concatenate(out)
 
 
-def geneval_scores(prompts, images) -> dict:
-  """The judge's score per category and their mean ("overall")."""
-  by_cat = collections.defaultdict(list)
-  for p, im in zip(prompts, images):
-    by_cat[p["category"]].append(shapes_judge.score(p["spec"], im))
-  result = {c: float(np.mean(v)) for c, v in by_cat.items()}
-  result["overall"] = float(np.mean(list(result.values())))
-  return result
+def geneval_scores(prompts, images, out_dir: str | None = None) -> dict:
+  """GenEval's summary (each category's share of right images, "overall" their mean) of one
+  image per world prompt, judged through the GenEval harness (eval/geneval.py). With `out_dir`,
+  also GenEval's folder layout and its results.jsonl, which `python -m unimodal_jax.eval.geneval
+  --out=out_dir` re-scores to the same figures."""
+  lines = [benchmark_geneval.from_world_prompt(p) for p in prompts]
+  scores, results = benchmark_geneval.score_images(lines, [[im] for im in images])
+  if out_dir:
+    benchmark_geneval.write_folder(out_dir, lines, [[im] for im in images])
+    jsonl.write(os.path.join(out_dir, "results.jsonl"), results)
+  return scores
 
 
 def draw_prompts(draw, formatter, texts: list[str], seed: int) -> np.ndarray:
@@ -261,13 +301,14 @@ def draw_prompts(draw, formatter, texts: list[str], seed: int) -> np.ndarray:
   return draw(conds, unconds, seed)
 
 
-def generation(draw, formatter, seed: int, per_category: int,
-               log=print) -> tuple[dict, list, np.ndarray]:
+def generation(draw, formatter, seed: int, per_category: int, log=print,
+               out_dir: str | None = None) -> tuple[dict, list, np.ndarray]:
   """GenEval-style scores per category and overall of what `draw` (a CodeDrawer or a
-  DreamDrawer) makes of held-out prompts; also (prompts, images) for the grid."""
+  DreamDrawer) makes of held-out prompts; also (prompts, images) for the grid. With `out_dir`
+  the drawings are kept there in GenEval's layout (geneval_scores)."""
   prompts = geneval.geneval_prompts(seed, per_category)
   images = draw_prompts(draw, formatter, [p["prompt"] for p in prompts], seed)
-  result = geneval_scores(prompts, images)
+  result = geneval_scores(prompts, images, out_dir)
   result["prompts"] = len(prompts)
   log("eval: generation " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()
                                       if isinstance(v, float)))
@@ -327,10 +368,7 @@ def counting_reads(answer_logits, formatter, sp, prompts: list[dict], images: np
       items.append((i, f"How many {noun} are there?", count))
   hits = []
   for idx in _batches(len(items), batch):
-    # The assistant's text only marks where the answer starts; prompt_of cuts it away.
-    cut = [prompt_of(formatter, Document(f"eval/reads/{j}", "conversation", [
-        Segment.of_image(shapes.encode_png(images[items[j][0]]), "user"),
-        Segment.of_text(items[j][1], "user"), Segment.of_text(words[1], "assistant")]))
+    cut = [answer_prompt(formatter, shapes.encode_png(images[items[j][0]]), items[j][1])
            for j in idx]
     tokens, mask = sampling.left_pad([c[0] for c in cut])
     logits = np.asarray(answer_logits(jnp.asarray(tokens), jnp.asarray(mask),
@@ -340,19 +378,26 @@ def counting_reads(answer_logits, formatter, sp, prompts: list[dict], images: np
           "skipped": skipped}
 
 
+def draw_edits(draw, formatter, images: list[bytes], instructions: list[str],
+               seed: int) -> np.ndarray:
+  """uint8 images `draw` makes of encoded images and edit instructions, with classifier-free
+  guidance against the image alone (the unconditional prompt keeps the user's image and drops
+  the instruction)."""
+  conds, unconds = [], []
+  for i, (image, instruction) in enumerate(zip(images, instructions, strict=True)):
+    for text, out in ((instruction, conds), ("", unconds)):
+      segs = [Segment.of_image(image, "user")] + (
+          [Segment.of_text(text, "user")] if text else []) + [draw.placeholder("assistant")]
+      out.append(prompt_of(formatter, Document(f"eval/edit/{i}", "edit", segs)))
+  return draw(conds, unconds, seed)
+
+
 def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, list, np.ndarray]:
   """Edit success: the judge finds exactly the edited scene's objects in the output."""
   docs = [shapes.make_document(seed, i, "edit", size=formatter.config.image_size)
           for i in range(count)]
-  conds, unconds = [], []
-  for d in docs:
-    user_image, instruction = d.segments[0], d.segments[1]
-    for text, out in ((instruction.text, conds), ("", unconds)):
-      # The unconditional prompt keeps the user's image and drops the instruction.
-      segs = [user_image] + ([Segment.of_text(text, "user")] if text else []) + [
-          draw.placeholder("assistant")]
-      out.append(prompt_of(formatter, Document(d.id, "edit", segs)))
-  images = draw(conds, unconds, seed + 7)
+  images = draw_edits(draw, formatter, [d.segments[0].image for d in docs],
+                      [d.segments[1].text for d in docs], seed + 7)
   by_kind = collections.defaultdict(list)
   for d, im in zip(docs, images):
     target = shapes.scene_from_description(d.metadata["scene"]).objects
@@ -366,6 +411,6 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
   return result, [d.metadata["instruction"] for d in docs], np.stack([sources, images], 1)
 
 
-__all__ = ["prompt_of", "decode_answer", "understanding", "draw_prompts", "generation",
-           "generation_ceiling", "first_logits", "count_word_pieces", "counting_reads", "editing",
+__all__ = ["prompt_of", "decode_answer", "answer_prompt", "answer_texts", "understanding", "draw_prompts", "generation",
+           "generation_ceiling", "first_logits", "count_word_pieces", "counting_reads", "draw_edits", "editing",
            "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]

@@ -37,6 +37,7 @@ from unimodal_jax.train import results as results_lib
 # Every phase in order; DreamLLM's first is "parts", and self_assessment runs only when enabled.
 PHASES = ("tokenizer", "data", "stage1", "stage2", "self_assessment", "stage3", "eval")
 KINDS = ("illume", "dreamllm")
+CONFIG_FILE = "config.json"
 
 
 class Progress:
@@ -54,6 +55,23 @@ class Progress:
     self.log(f"=== [{index}/{self.total}] {name}{' ' + note if note else ''} "
              f"(elapsed {self.elapsed()})")
     return lambda msg, *a, **k: self.log(f"[{index}/{self.total} {name}] {msg}")
+
+
+def save_config(config, workdir: str) -> None:
+  """The config as this run has it (overrides included), as JSON: what unimodal_jax.load builds
+  the trained model and its sampling settings from."""
+  results_lib.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a main job saved in its workdir."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir}: no {CONFIG_FILE}; it was trained before jobs saved "
+                            "their config: run the main job on it once more with the same "
+                            "--config (finished phases are skipped) to write it")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def _load_phases(workdir):
@@ -206,6 +224,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   names = [first] + [p for p in PHASES[1:] if p != "self_assessment" or assessing]
   number = {name: i + 1 for i, name in enumerate(names)}  # the phases' places in the display
   os.makedirs(workdir, exist_ok=True)
+  save_config(config, workdir)
   places = _places(workdir)
   fingerprint = lambda obj: _fingerprint(obj, places)
   # Workdirs written before fingerprints named places hold absolute paths: read them as if
@@ -292,7 +311,7 @@ def run(config, workdir: str, *, log=print) -> dict:
       out = os.path.join(workdir, self_assessment.TASK)
       fp = fingerprint([{key: value for key, value in config.self_assessment.items()
                          if key != "weight"},  # the weight is stage 3's business
-                        _image_sampling(config.eval),
+                        image_sampling(config.eval),
                         done["stage2"]["config"]])
       if not skip(number[self_assessment.TASK], self_assessment.TASK, fp, out):
         lg, t0 = progress.phase(number[self_assessment.TASK], self_assessment.TASK), time.time()
@@ -338,14 +357,14 @@ def run(config, workdir: str, *, log=print) -> dict:
   return results
 
 
-def _image_sampling(e) -> dict:
+def image_sampling(e) -> dict:
   """How ILLUME's job draws (config.eval): evaluate.ImageSampling's fields."""
   return dict(guidance=float(e.guidance), temperature=float(e.image_temperature),
               top_k=int(e.image_top_k), pixel_steps=int(e.pixel_steps),
               pixel_guidance=float(e.pixel_guidance))
 
 
-def _trained_illume(config, stage_dir, model_cfg, sp, codec):
+def trained_illume(config, stage_dir, model_cfg, sp, codec):
   """(model, params, formatter, model config) of a stage's ILLUME checkpoint, for sampling."""
   from unimodal_jax import checkpoints
   from unimodal_jax.data import formatting
@@ -383,11 +402,11 @@ def self_assessment_drawings(config, stage_dir, model_cfg, sp, codec, prompts: l
   """What a stage's ILLUME checkpoint draws for prompts, sampled as the evaluation samples:
   codes and pixels data-parallel on the stages' mesh (a pod's devices each draw their share)."""
   from unimodal_jax.pipeline import evaluate
-  model, params, formatter, _ = _trained_illume(config, stage_dir, model_cfg, sp, codec)
+  model, params, formatter, _ = trained_illume(config, stage_dir, model_cfg, sp, codec)
   mesh = _stage_mesh(config)
   log(f"drawing {len(prompts)} prompts on mesh {dict(mesh.shape)}")
   draw = evaluate.CodeDrawer(model, params, formatter, codec,
-                             evaluate.ImageSampling(**_image_sampling(config.eval)),
+                             evaluate.ImageSampling(**image_sampling(config.eval)),
                              int(config.eval.batch), mesh=mesh)
   return evaluate.draw_prompts(draw, formatter, [p["prompt"] for p in prompts], seed)
 
@@ -418,19 +437,22 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   from unimodal_jax.eval import shapes_judge
   from unimodal_jax.pipeline import evaluate, report
   e = config.eval
-  model, params, formatter, model_config = _trained_illume(config, stage_dir, model_cfg, sp,
+  model, params, formatter, model_config = trained_illume(config, stage_dir, model_cfg, sp,
                                                            codec)
   seed = int(config.data.eval_seed)
-  s = evaluate.ImageSampling(**_image_sampling(e))
+  s = evaluate.ImageSampling(**image_sampling(e))
   t = time.time()
+  bench = os.path.join(workdir, report.BENCHMARKS)
   und = evaluate.understanding(model, params, formatter, sp, seed, int(e.pope_per_style),
-                               int(e.vqa_per_kind), int(e.batch), log=log)
+                               int(e.vqa_per_kind), int(e.batch), log=log,
+                               pope_dir=os.path.join(bench, "pope"))
   t_und = time.time() - t
   draw = evaluate.CodeDrawer(model, params, formatter, codec, s, int(e.batch),
                              mesh=_stage_mesh(config))
   t = time.time()
   gen, prompts, gen_images = evaluate.generation(draw, formatter, seed,
-                                                 int(e.geneval_per_category), log=log)
+                                                 int(e.geneval_per_category), log=log,
+                                                 out_dir=os.path.join(bench, "geneval"))
   gen["tokenizer_ceiling"], rendered, decoded = evaluate.generation_ceiling(
       codec, seed, int(e.geneval_per_category), s, log=log)
   t_gen = time.time() - t
@@ -499,5 +521,6 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   return results
 
 
-__all__ = ["PHASES", "Progress", "run", "stage_config", "model_dict", "self_assessment_drawings",
-           "finished_illume"]
+__all__ = ["PHASES", "CONFIG_FILE", "Progress", "run", "stage_config", "model_dict",
+           "self_assessment_drawings", "finished_illume", "trained_illume", "image_sampling",
+           "save_config", "read_config"]

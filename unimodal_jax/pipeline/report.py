@@ -28,6 +28,9 @@ _CEILINGS = {  # generation's ceiling: what the model's image decoder can at bes
 }
 
 
+BENCHMARKS = "benchmarks"  # a workdir's folder of evaluation files in the benchmarks' formats
+
+
 def write_markdown(path: str, results: dict) -> None:
   und, gen, edit = results["understanding"], results["generation"], results.get("editing")
   name = {"dreamllm": "DreamLLM"}.get(results.get("model_kind"), "ILLUME")
@@ -40,7 +43,16 @@ def write_markdown(path: str, results: dict) -> None:
   lines.append(_row("POPE-style overall", und["pope_overall"], TARGETS["pope_overall"]))
   if "pope_auc" in und:  # 0.5: the answer does not depend on the image
     lines.append(_row("POPE-style AUC of the yes - no logit", und["pope_auc"]))
-  lines += ["", "## Generation (GenEval-style, judge)", ""]
+  if "pope" in und:  # the official figures of the existence questions
+    p = und["pope"]
+    lines += ["", f"POPE's own figures on the {p['questions']} existence questions (its "
+              f"evaluate.py rule): precision {p['precision']:.3f}, recall {p['recall']:.3f}, "
+              f"F1 {p['f1']:.3f}, yes-ratio {p['yes_ratio']:.3f}. Its files: "
+              f"`{BENCHMARKS}/pope/` (re-scored by `python -m unimodal_jax.eval.pope "
+              f"--questions=Q --answers=A`)."]
+  lines += ["", "## Generation (GenEval-style, judge)", "",
+            f"The drawings in GenEval's layout: `{BENCHMARKS}/geneval/` (re-scored by "
+            f"`python -m unimodal_jax.eval.geneval --out=DIR`).", ""]
   key = next((k for k in _CEILINGS if gen.get(k)), "tokenizer_ceiling")
   ceiling = gen.get(key) or {}
   if ceiling:

@@ -456,13 +456,16 @@ def color_question(scene: Scene, rng: np.random.Generator) -> dict | None:
           "style": None, "target": target}
 
 
-def position_question(scene: Scene, rng: np.random.Generator) -> dict | None:
-  """"Is the red circle to the left of the blue square?" (yes or no, half each); with one
-  nameable object, "Is the red circle in the left half of the image?". None if neither fits."""
+def position_question(scene: Scene, rng: np.random.Generator,
+                      ask_yes: bool | None = None) -> dict | None:
+  """"Is the red circle to the left of the blue square?" (yes or no, half each, unless
+  `ask_yes` says which); with one nameable object, "Is the red circle in the left half of the
+  image?". None if neither fits."""
   referable = _referable(scene)
   pairs = [(i, j) for i in referable for j in referable
            if i != j and relations(scene.objects[i], scene.objects[j])]
-  ask_yes = bool(rng.random() < 0.5)
+  coin = bool(rng.random() < 0.5)  # drawn either way: the documents' streams stay as they were
+  ask_yes = coin if ask_yes is None else ask_yes
   if pairs:
     i, j = pairs[int(rng.integers(len(pairs)))]
     true = sorted(relations(scene.objects[i], scene.objects[j]))
@@ -694,6 +697,22 @@ def make_document(seed: int, index: int, task: str, size: int = 64) -> Document:
     segments += [Segment.of_text(text), _image(scene)]
   meta.update(scenes=[describe(s) for _, s in story], texts=[t for t, _ in story])
   return Document(doc_id, "interleaved", segments, meta).validate()
+
+
+def held_out_questions(seed: int, per_style: int, per_kind: int, size: int) -> list[Document]:
+  """The evaluation's question documents: the first `per_style` existence questions of each
+  POPE style and `per_kind` of each other kind in the (seed, "conversation") stream."""
+  wanted = collections.Counter()
+  docs = []
+  i = 0
+  quota = lambda kind: per_style if kind[0] == "existence" else per_kind
+  while any(wanted[k] < quota(k) for k in QUESTION_PLAN):
+    kind = QUESTION_PLAN[i % len(QUESTION_PLAN)]
+    if wanted[kind] < quota(kind):
+      docs.append(make_document(seed, i, "conversation", size=size))
+      wanted[kind] += 1
+    i += 1
+  return docs
 
 
 def make_documents(seed: int, count: int, task: str, size: int = 64) -> list[Document]:
