@@ -190,9 +190,9 @@ class TrainedModel:
     self._check_length(cut, max_new_tokens, "question")
     out = []
     for i in range(0, len(cut), self.batch):
+      batch = evaluate.padded(cut[i:i + self.batch], self.image_size)
       out += [t.strip() for t in evaluate.answer_texts(self.model, self.params, self.formatter,
-                                                       self.sp, cut[i:i + self.batch],
-                                                       max_new_tokens)]
+                                                       self.sp, batch, max_new_tokens)]
     return out
 
   def edit(self, images, instructions, seed: int = 0) -> list:

@@ -74,15 +74,22 @@ def answer_prompt(formatter, image: bytes, question: str):
       Segment.of_text("yes", "assistant")]))
 
 
-def answer_texts(model, params, formatter, sp, cut, max_new_tokens: int) -> list[str]:
-  """Greedy answers to cut prompts ((tokens, images) pairs, one batch), as text."""
+def padded(cut, size: int):
+  """One batch of cut prompts ((tokens, images) pairs) as arrays: tokens and mask left-padded
+  [B, T], images [B, M, size, size, 3]."""
+  tokens, mask = sampling.left_pad([c[0] for c in cut])
+  return (jnp.asarray(tokens), jnp.asarray(mask),
+          jnp.asarray(_stack_images([c[1] for c in cut], size)))
+
+
+def answer_texts(model, params, formatter, sp, batch, max_new_tokens: int) -> list[str]:
+  """Greedy answers to one `padded` batch of prompts, as text."""
   cfg = sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0,
                                 stop_tokens=(formatter.vocab.eos_id,),
                                 pad_id=formatter.vocab.eos_id)
-  tokens, mask = sampling.left_pad([c[0] for c in cut])
-  images = jnp.asarray(_stack_images([c[1] for c in cut], formatter.config.image_size))
-  out = np.asarray(sampling.generate_text(model, params, jnp.asarray(tokens), jnp.asarray(mask),
-                                          jax.random.key(0), cfg, images=images))
+  tokens, mask, images = batch
+  out = np.asarray(sampling.generate_text(model, params, tokens, mask, jax.random.key(0), cfg,
+                                          images=images))
   return [decode_answer(row, sp, formatter) for row in out]
 
 
@@ -100,12 +107,9 @@ def understanding(model, params, formatter, sp, seed: int, per_style: int, per_k
   margins, truths = [], []
   raw = {}  # existence questions' answers as generated, for POPE's rule
   for idx in _batches(len(docs), batch):
-    cut = [prompt_of(formatter, docs[j]) for j in idx]
-    texts = answer_texts(model, params, formatter, sp, cut, max_new_tokens=6)
-    tokens, mask = sampling.left_pad([c[0] for c in cut])
-    images = jnp.asarray(_stack_images([c[1] for c in cut], size))
-    first = np.asarray(first_logits(model, params, jnp.asarray(tokens), jnp.asarray(mask),
-                                    images))
+    arrays = padded([prompt_of(formatter, docs[j]) for j in idx], size)
+    texts = answer_texts(model, params, formatter, sp, arrays, max_new_tokens=6)
+    first = np.asarray(first_logits(model, params, *arrays))
     for j, logits in zip(idx, first):
       if docs[j].metadata["question_type"] == "existence":
         margins.append(float(logits[yes_no[0]] - logits[yes_no[1]]))
@@ -370,9 +374,7 @@ def counting_reads(answer_logits, formatter, sp, prompts: list[dict], images: np
   for idx in _batches(len(items), batch):
     cut = [answer_prompt(formatter, shapes.encode_png(images[items[j][0]]), items[j][1])
            for j in idx]
-    tokens, mask = sampling.left_pad([c[0] for c in cut])
-    logits = np.asarray(answer_logits(jnp.asarray(tokens), jnp.asarray(mask),
-                                      jnp.asarray(np.stack([c[1] for c in cut]))))
+    logits = np.asarray(answer_logits(*padded(cut, formatter.config.image_size)))
     hits += [int(np.argmax(row[candidates])) == items[j][2] for j, row in zip(idx, logits)]
   return {"accuracy": float(np.mean(hits)) if hits else 0.0, "asked": len(hits),
           "skipped": skipped}
@@ -411,6 +413,6 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
   return result, [d.metadata["instruction"] for d in docs], np.stack([sources, images], 1)
 
 
-__all__ = ["prompt_of", "decode_answer", "answer_prompt", "answer_texts", "understanding", "draw_prompts", "generation",
+__all__ = ["prompt_of", "decode_answer", "answer_prompt", "padded", "answer_texts", "understanding", "draw_prompts", "generation",
            "generation_ceiling", "first_logits", "count_word_pieces", "counting_reads", "draw_edits", "editing",
            "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]
