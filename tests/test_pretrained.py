@@ -2,7 +2,6 @@
 job's tokenizer config, each loadable by its kind with the recipe's shapes, and working: the
 tokenizer reconstructs held-out features and the codec draws what it was given."""
 import copy
-import json
 import os
 
 import jax
@@ -21,7 +20,7 @@ DIR = pretrained.directory_of(CONFIG.pretrained)
 def test_manifest_records_the_main_jobs_tokenizer_config_and_how_it_was_made():
   m = pretrained.read_manifest(DIR)
   assert m["config_sha256"] == pretrained.config_sha256(CONFIG.tokenizer)
-  assert m["config"] == json.loads(json.dumps(CONFIG.tokenizer.to_dict()))
+  assert pretrained.canonical(m["config"]) == pretrained.canonical(CONFIG.tokenizer)
   assert m["command"].startswith("python tools/ship_pretrained.py")
   assert set(m["parts"]) == set(pretrained.PARTS)
   for part, info in m["parts"].items():
@@ -29,6 +28,21 @@ def test_manifest_records_the_main_jobs_tokenizer_config_and_how_it_was_made():
   # The figures it was shipped with: the judge finds the same objects in most reconstructions.
   assert m["figures"]["semantic_tokenizer"]["judge_same_objects"] >= 0.8
   assert m["figures"]["semantic_tokenizer"]["tokens_per_image"] == 64
+
+
+def test_an_option_added_at_its_old_behaviour_keeps_the_recipes_identity():
+  """encoder_layer came after the parts were shipped: at -1 (the last layer, what they were
+  trained on) the recipe hashes as before, so the parts and older workdirs' config.json still
+  match; any other layer is another recipe, refused by name."""
+  config = copy.deepcopy(CONFIG.tokenizer)
+  assert config.tokenizer.encoder_layer == -1
+  older = config.to_dict()
+  del older["tokenizer"]["encoder_layer"]
+  assert pretrained.config_sha256(older) == pretrained.config_sha256(config)
+  config.tokenizer.encoder_layer = 1
+  assert pretrained.config_sha256(config) != pretrained.config_sha256(older)
+  with pytest.raises(ValueError, match=r"differing keys: \['tokenizer.encoder_layer'\]"):
+    pretrained.resolve(CONFIG.pretrained, config)
 
 
 def test_the_recipes_hash_does_not_depend_on_where_the_repository_lies():

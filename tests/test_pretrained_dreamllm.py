@@ -81,3 +81,13 @@ def test_a_changed_decoder_recipe_is_refused_by_name():
                                        r".*pretrained=none"):
     pretrained.resolve(CONFIG.pretrained, changed, pretrained.DREAMLLM_PARTS,
                        "config.diffusion_decoder")
+
+
+def test_query_counts_that_disagree_are_refused_by_name():
+  """A command line that sets num_dream_queries alone would give documents with another number
+  of query slots than the model has queries: the model config is refused, naming both."""
+  config = dreamllm_shapes.get_config()
+  config.num_dream_queries = 32
+  with pytest.raises(ValueError,
+                     match=r"num_dream_queries=32 but config\.format\.dream_queries=16"):
+    dreamllm_parts.model_dict(config, parts=None, text_vocab_size=512)

@@ -153,3 +153,31 @@ def test_paper_scale_tokenizer_config_has_the_papers_shape():
   assert (16_384, 32) in [leaf.shape for leaf in jax.tree.leaves(variables)]
   with pytest.raises(ValueError, match="unknown variant"):
     paper.get_config("micro")
+
+
+def test_codec_quantizes_the_encoder_layer_its_config_names():
+  """ImageCodec.tokenize reads the ViT hidden state named by the tokenizer's encoder_layer (1:
+  after the first block), not the last one: its ids are the tokenizer's encode of exactly those
+  features, which differ from the last layer's."""
+  from unimodal_jax.models import image_codec, vit
+  vision = vit.VitConfig(image_size=16, patch_size=4, hidden_size=24, intermediate_size=32,
+                         num_layers=2, num_heads=2)
+  tower = vit.VisionTransformer(vision)
+  images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+  vision_params = nn.meta.unbox(tower.init(jax.random.key(1), vit.normalize(images)))["params"]
+  out = tower.apply({"params": vision_params}, vit.normalize(images), return_hidden_states=True)
+  skip = int(vision.class_token)
+  first, last = out.hidden_states[1][:, skip:], out.last_hidden_state[:, skip:]
+  assert out.layer(1) is out.hidden_states[1] and out.layer(-1) is out.last_hidden_state
+  tok_cfg = vt.SemanticTokenizerConfig(feature_dim=24, num_tokens=16, codebook_size=64,
+                                       code_dim=8, decoder_hidden=32, decoder_layers=1,
+                                       decoder_heads=2, quantizer={"l2_normalized": True},
+                                       encoder_layer=1)
+  tokenizer = vt.SemanticTokenizer(tok_cfg)
+  tok_vars = _init(tokenizer, first)
+  codec = image_codec.ImageCodec(vision, vision_params, tok_cfg, tok_vars, None, None)
+  want = tokenizer.apply(tok_vars, first, method=vt.SemanticTokenizer.encode)
+  np.testing.assert_array_equal(codec.tokenize(images), want)
+  np.testing.assert_allclose(codec._features(images), first, atol=1e-6)
+  assert float(jnp.abs(codec._features(images) - last).max()) > 1e-2
+  assert vt.SemanticTokenizerConfig.from_dict(tok_cfg.to_dict()).encoder_layer == 1

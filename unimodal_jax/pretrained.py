@@ -28,10 +28,29 @@ NONE = "none"  # config.pretrained value that trains every part from scratch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Options added to a recipe after parts were shipped with it, each at the value that keeps the
+# old behaviour: at that value they are left out of the recipe's identity, so the shipped parts
+# and the workdirs whose config.json predates them stay valid.
+ADDED_AT_DEFAULT = {("tokenizer", "encoder_layer"): -1}
+
+
+def canonical(tokenizer_config) -> dict:
+  """The config as a plain dict without the ADDED_AT_DEFAULT options at their default."""
+  d = tokenizer_config.to_dict() if hasattr(tokenizer_config, "to_dict") else tokenizer_config
+  d = json.loads(json.dumps(d, default=str))  # a deep copy with JSON's types
+  for (*parents, key), default in ADDED_AT_DEFAULT.items():
+    section = d
+    for name in parents:
+      section = section.get(name) if isinstance(section, dict) else None
+    if isinstance(section, dict) and key in section and section[key] == default:
+      del section[key]
+  return d
+
+
 def config_sha256(tokenizer_config) -> str:
   """sha256 of the config's canonical JSON (sorted keys): the identity of a recipe."""
-  d = tokenizer_config.to_dict() if hasattr(tokenizer_config, "to_dict") else tokenizer_config
-  return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+  return hashlib.sha256(json.dumps(canonical(tokenizer_config), sort_keys=True,
+                                   default=str).encode()).hexdigest()
 
 
 def directory_of(path: str) -> str:
@@ -57,9 +76,8 @@ def resolve(path: str, tokenizer_config, parts=PARTS, section: str = "config.tok
   manifest = read_manifest(directory)
   want = config_sha256(tokenizer_config)
   if manifest.get("config_sha256") != want:
-    shipped = manifest.get("config", {})
-    ours = tokenizer_config.to_dict() if hasattr(tokenizer_config, "to_dict") else {}
-    changed = sorted(_differences(shipped, ours))
+    changed = sorted(_differences(canonical(manifest.get("config", {})),
+                                  canonical(tokenizer_config)))
     raise ValueError(
         f"{section} (sha256 {want[:12]}) is not the config the parts in {directory} were "
         f"trained with (sha256 {str(manifest.get('config_sha256'))[:12]}); differing keys: "
@@ -148,5 +166,5 @@ def _bytes(directory: str) -> int:
              for f in files)
 
 
-__all__ = ["MANIFEST", "PARTS", "DREAMLLM_PARTS", "NONE", "config_sha256", "resolve", "read_manifest", "ship",
+__all__ = ["MANIFEST", "PARTS", "DREAMLLM_PARTS", "NONE", "ADDED_AT_DEFAULT", "canonical", "config_sha256", "resolve", "read_manifest", "ship",
            "directory_of", "weights_digest"]

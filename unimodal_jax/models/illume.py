@@ -174,9 +174,8 @@ class Illume(nn.Module):
     lead = images.shape[:-3]
     flat = images.reshape((-1,) + images.shape[-3:])
     out = self.vision_encoder(vit.normalize(flat), return_hidden_states=cfg.feature_layer != -1)
-    hidden = out.last_hidden_state if cfg.feature_layer == -1 else out.hidden_states[
-        cfg.feature_layer]
-    patches = merge_tokens(hidden[:, int(cfg.vision.class_token):], cfg.token_merge)
+    patches = merge_tokens(out.layer(cfg.feature_layer)[:, int(cfg.vision.class_token):],
+                           cfg.token_merge)
     feats = self.adapter(patches)
     return feats.reshape(lead + feats.shape[1:])
 

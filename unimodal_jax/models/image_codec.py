@@ -61,9 +61,10 @@ class ImageCodec:
     return self.vision_config.image_size
 
   def _features(self, images):
-    out = vit.VisionTransformer(self.vision_config).apply({"params": self.vision_params},
-                                                          vit.normalize(images))
-    return out.last_hidden_state[:, int(self.vision_config.class_token):].astype(jnp.float32)
+    layer = self.tokenizer_config.encoder_layer
+    out = vit.VisionTransformer(self.vision_config).apply(
+        {"params": self.vision_params}, vit.normalize(images), return_hidden_states=layer != -1)
+    return out.layer(layer)[:, int(self.vision_config.class_token):].astype(jnp.float32)
 
   @functools.cached_property
   def _encode(self):

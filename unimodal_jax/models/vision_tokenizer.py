@@ -30,6 +30,9 @@ class SemanticTokenizerConfig(ModelConfig):
   SECTION = "tokenizer"
   feature_dim: int  # the encoder's feature width: input and reconstruction target
   num_tokens: int  # feature tokens (= image tokens) per image
+  # The encoder's hidden state it quantizes (vit.VitOutput.layer: 0 the patch embeddings, -1
+  # the last layer's output)
+  encoder_layer: int = -1
   codebook_size: int = 1024
   code_dim: int = 32
   decoder_hidden: int = 128

@@ -140,6 +140,16 @@ class VitOutput:
   pooled: jax.Array | None  # [B, hidden]; None for pooling='none'
   hidden_states: tuple | None = None  # num_layers + 1 arrays [B, seq_len, hidden], when asked for
 
+  def layer(self, index: int):
+    """Hidden state `index` as `hidden_states` numbers them (0 the patch embeddings, -1 the
+    last layer's output); -1 needs no hidden_states."""
+    if index == -1:
+      return self.last_hidden_state
+    if self.hidden_states is None:
+      raise ValueError(f"hidden state {index} asked of a ViT output made without "
+                       "return_hidden_states=True")
+    return self.hidden_states[index]
+
 
 def normalize(images, mean=CLIP_MEAN, std=CLIP_STD):
   """uint8 (or [0, 255] float) [..., H, W, C] images -> the float32 input the towers expect."""

@@ -98,6 +98,13 @@ def model_dict(config, parts: Parts, text_vocab_size: int) -> dict:
   from unimodal_jax import checkpoints
   from unimodal_jax.data.vocab import SPECIALS
   from unimodal_jax.models import build
+  # The config copies one into the other when it is built; a command line can set only one.
+  if int(config.format.dream_queries) != int(config.num_dream_queries):
+    raise ValueError(
+        f"config.num_dream_queries={config.num_dream_queries} but config.format.dream_queries="
+        f"{config.format.dream_queries}: the documents would hold another number of query slots "
+        "than the model has queries; set both (--config.num_dream_queries=N "
+        "--config.format.dream_queries=N)")
   llm = dict(config.llm.to_dict(), **config.stage_defaults.llm.to_dict())
   llm.update(vocab_size=text_vocab_size + len(SPECIALS))
   clip_cfg = checkpoints.read_model_config(parts.clip_dir)

@@ -129,11 +129,13 @@ def run(config, workdir: str, *, log=print) -> dict:
                      f"{clip_cfg.vision.image_size}")
   tower = vit.VisionTransformer(clip_cfg.vision)
   skip = 1 if clip_cfg.vision.class_token else 0
+  layer = int(config.tokenizer.get("encoder_layer", -1))
 
   @jax.jit
   def features_of(images):
-    out = tower.apply({"params": clip_params["vision"]}, vit.normalize(images))
-    return out.last_hidden_state[:, skip:].astype(jnp.float32)
+    out = tower.apply({"params": clip_params["vision"]}, vit.normalize(images),
+                      return_hidden_states=layer != -1)
+    return out.layer(layer)[:, skip:].astype(jnp.float32)
 
   def all_features(images):
     return np.concatenate([np.asarray(features_of(images[i:i + 256]))
