@@ -58,8 +58,8 @@ def get_config(arg=None):
   # encoder_layer: the CLIP hidden state quantized (-1 the last). The last layer's features are
   # contextual: plain background patches take ~1,350 codes (4.5 nats given the position), and
   # the tiny LLM must write that noise. Layer 1 (2.9 nats; a 2,000-step pixel decoder) drew
-  # no better through the main job: GenEval-style 0.375 of a 0.792 ceiling against 0.408 of
-  # 0.883 (2026-11-28, docs/results.md).
+  # no better through the main job: GenEval-style 0.375 / 0.375 of a 0.792 ceiling against
+  # 0.408 / 0.392 of 0.883 (stage seeds 0 / 1, 2026-11-28, docs/results.md).
   c.tokenizer = dict(encoder_layer=-1, codebook_size=512 if micro else 2048, code_dim=16,
                      decoder_hidden=96, decoder_layers=2, decoder_heads=4,
                      smooth_l1_weight=1.0, cosine_weight=1.0,
