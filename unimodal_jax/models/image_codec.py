@@ -26,6 +26,14 @@ from unimodal_jax.models import vision_tokenizer as vt
 from unimodal_jax.models import vit
 
 
+def encoder_features(vision_config, vision_params, images, layer: int = -1):
+  """uint8 images [N, S, S, 3] -> float32 patch features [N, P, hidden] of the ViT's hidden
+  state `layer` (vit.VitOutput.layer), class token dropped: what the tokenizer quantizes."""
+  out = vit.VisionTransformer(vision_config).apply(
+      {"params": vision_params}, vit.normalize(images), return_hidden_states=layer != -1)
+  return out.layer(layer)[:, int(vision_config.class_token):].astype(jnp.float32)
+
+
 @dataclasses.dataclass
 class ImageCodec:
   vision_config: vit.VitConfig
@@ -61,10 +69,8 @@ class ImageCodec:
     return self.vision_config.image_size
 
   def _features(self, images):
-    layer = self.tokenizer_config.encoder_layer
-    out = vit.VisionTransformer(self.vision_config).apply(
-        {"params": self.vision_params}, vit.normalize(images), return_hidden_states=layer != -1)
-    return out.layer(layer)[:, int(self.vision_config.class_token):].astype(jnp.float32)
+    return encoder_features(self.vision_config, self.vision_params, images,
+                            self.tokenizer_config.encoder_layer)
 
   @functools.cached_property
   def _encode(self):

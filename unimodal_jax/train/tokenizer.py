@@ -34,6 +34,7 @@ import numpy as np
 from unimodal_jax.train import results as results_lib
 from unimodal_jax import checkpoints
 from unimodal_jax.models import build
+from unimodal_jax.models import image_codec
 from unimodal_jax.models import pixel_decoder as pdec
 from unimodal_jax.models import pixel_vq
 from unimodal_jax.models import vision_tokenizer as vt
@@ -121,21 +122,17 @@ def run(config, workdir: str, *, log=print) -> dict:
     clip_cfg = module.get_config(config.encoder.clip_variant or None)
     log(f"encoder: training a CLIP ({config.encoder.clip_config}) in {clip_dir}")
     contrastive.run(clip_cfg, clip_dir, log=log)
-  from unimodal_jax.models import clip as clip_lib, vit
+  from unimodal_jax.models import clip as clip_lib
   clip_params, clip_cfg_dict = checkpoints.restore_params(clip_dir)
   clip_cfg = clip_lib.ClipConfig.from_dict(clip_cfg_dict)
   if clip_cfg.vision.image_size != size:
     raise ValueError(f"config.data.image_size={size} differs from the CLIP's "
                      f"{clip_cfg.vision.image_size}")
-  tower = vit.VisionTransformer(clip_cfg.vision)
-  skip = 1 if clip_cfg.vision.class_token else 0
-  layer = int(config.tokenizer.get("encoder_layer", -1))
+  layer = int(config.tokenizer.get("encoder_layer", vt.SemanticTokenizerConfig.encoder_layer))
 
   @jax.jit
   def features_of(images):
-    out = tower.apply({"params": clip_params["vision"]}, vit.normalize(images),
-                      return_hidden_states=layer != -1)
-    return out.layer(layer)[:, skip:].astype(jnp.float32)
+    return image_codec.encoder_features(clip_cfg.vision, clip_params["vision"], images, layer)
 
   def all_features(images):
     return np.concatenate([np.asarray(features_of(images[i:i + 256]))
