@@ -306,6 +306,81 @@ def test_interleaved_can_skip_whole_documents(tmp_path):
                              converters.Options(image_dir=str(tmp_path / "imgs")), strict=True)
 
 
+
+# --- interleaved_webdataset (DreamLLM's tars) -----------------------------------------------------
+
+def dreamllm_tar(tmp_path):
+  """Samples: a good one (images out of order, one matched weakly, one re-encoded to jpg under
+  another extension, one corrupt), one naming an image it lacks, one with an index out of range,
+  one whose json is cut, one without json; then a second tar cut inside its second sample."""
+  def record(texts, infos, **extra):
+    return json.dumps(dict(text_list=texts, image_info=infos, **extra)).encode()
+  path = tmp_path / "docs-000.tar"
+  make_tar(path, [
+      ("s0.json", record(["First.", "Second.", "Third."], [
+          {"image_name": "b.png", "matched_text_index": 2, "matched_sim": 0.31},
+          {"image_name": "a.webp", "matched_text_index": 0, "matched_sim": 0.28},
+          {"image_name": "weak.jpg", "matched_text_index": 1, "matched_sim": 0.1},
+          {"image_name": "bad.jpg", "matched_text_index": 1}], url="http://page/0")),
+      ("s0.b.png", GREEN_PNG), ("s0.a.jpg", RED_JPEG), ("s0.weak.jpg", RED_JPEG),
+      ("s0.bad.jpg", GARBAGE_JPG),
+      ("s1.json", record(["Alone."], [{"image_name": "gone.jpg", "matched_text_index": 0}])),
+      ("s2.json", record(["Only."], [{"image_name": "x.jpg", "matched_text_index": 3}])),
+      ("s2.x.jpg", RED_JPEG),
+      ("s3.json", b'{"text_list": ["cut'),
+      ("s4.jpg", RED_JPEG),
+  ])
+  cut = tmp_path / "docs-001.tar"
+  whole = make_tar(cut, [("t0.json", record(["Kept."], [])),
+                         ("t1.json", record(["Lost."], [{"image_name": "n.jpg",
+                                                         "matched_text_index": 0}])),
+                         ("t1.n.jpg", noisy_jpeg(5))])
+  cut.write_bytes(whole[:whole.index(noisy_jpeg(5)) + 100])
+  return str(path), str(cut)
+
+
+def test_interleaved_webdataset_places_images_after_their_sentence_and_counts_what_it_drops(
+    tmp_path):
+  path, cut = dreamllm_tar(tmp_path)
+  out = tmp_path / "out"
+  summary = converters.write_dataset("interleaved_webdataset", [path, cut], str(out), "docs",
+                                     converters.Options(min_sim=0.25))
+  docs, info = read_back(out)
+  assert [d.id for d in docs] == ["docs-000/s0", "docs-000/s1", "docs-001/t0"]
+  assert {d.task for d in docs} == {"interleaved"}
+  # DreamLLM's order: each image right after its matched sentence, whatever image_info's order.
+  assert segments(docs[0]) == [("text", "", "First."), ("image", "", RED_JPEG),
+                               ("text", "", "Second."), ("text", "", "Third."),
+                               ("image", "", GREEN_PNG)]
+  assert docs[0].metadata == {"tar": "docs-000.tar", "key": "s0", "url": "http://page/0",
+                              "images": ["a.webp", "b.png"]}
+  assert segments(docs[1]) == [("text", "", "Alone.")]
+  assert skips(info) == [
+      (path, "s0/weak.jpg", "low similarity", "image"),
+      (path, "s0/bad.jpg", "corrupt image", "image"),
+      (path, "s1/gone.jpg", "missing image", "image"),
+      (path, "s2", "malformed record", "record"),
+      (path, "s3", "bad json", "record"),
+      (path, "s4", "malformed record", "record"),
+      (cut, "t1", "truncated tar", "record")]
+  assert "matched_text_index=3 for 1 texts" in info["skipped"][3]["detail"]
+  assert "dropped 3 images" in summary.line()
+
+  # Without min_sim every image is kept; without drop_missing_images a bad image skips the
+  # whole document, and strict runs stop at it by name.
+  docs, _ = (converters.write_dataset("interleaved_webdataset", [path], str(tmp_path / "all"),
+                                      "docs"), read_back(tmp_path / "all"))[1]
+  assert [len(d.images()) for d in docs] == [3, 0]
+  whole = converters.write_dataset("interleaved_webdataset", [path], str(tmp_path / "whole"),
+                                   "docs", converters.Options(drop_missing_images=False))
+  with open(tmp_path / "whole" / shards.INFO_FILE) as f:
+    info = json.load(f)
+  assert whole.num_records == 0 and skips(info)[:2] == [(path, "s0", "corrupt image", "record"),
+                                                        (path, "s1", "missing image", "record")]
+  with pytest.raises(converters.ConversionError, match=re.escape(f"{path}: s0/bad.jpg: corrupt")):
+    converters.write_dataset("interleaved_webdataset", [path], str(tmp_path / "strict"), "docs",
+                             strict=True)
+
 # --- tfds -----------------------------------------------------------------------------------------
 
 TFDS_EXAMPLES = [(GREEN_PNG, "green", 0), (RED_JPEG, "red", 1), (GARBAGE_JPG, "garbage", 2),
@@ -385,8 +460,12 @@ def test_cli(tmp_path):
   for expected in ("--format", "--input", "--image_dir", "--records_per_shard", "--workers",
                    "--strict", "--drop_missing_images", "--tfds_name", "--split", "--image_key",
                    "--text_key", "--format=llava", "--format=webdataset", "--format=interleaved",
-                   "--format=tfds"):
+                   "--format=interleaved_webdataset", "--min_sim", "--format=tfds"):
     assert expected in help_text.stdout, expected
+  misplaced = run_tool("--format=llava", "--input=x.json", "--out_dir=o", "--name=n",
+                       "--min_sim=0.2")
+  assert misplaced.returncode == 2
+  assert "--min_sim applies to --format=interleaved_webdataset, not llava" in misplaced.stderr
 
   good, bad, _ = llava_inputs(tmp_path)
   common_flags = ["--format=llava", f"--image_dir={tmp_path / 'images'}", "--name=llava",

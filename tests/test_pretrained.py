@@ -95,6 +95,31 @@ def test_shipped_codec_reconstructs_held_out_scenes():
   assert np.mean(found) >= 0.5
 
 
+
+def test_the_main_job_writes_the_backgrounds_patches_as_one_code_per_position():
+  """The shipped codec gives pixel-identical background patches of held-out scenes many codes
+  (its encoder is contextual); the main job's codec (recipe.load_codec, canonical_background)
+  writes each such patch as an all-background image's code at that position and keeps every
+  other patch's code."""
+  from unimodal_jax.data.worlds import shapes
+  from unimodal_jax.models import image_codec
+  from unimodal_jax.pipeline import recipe
+  assert CONFIG.data.canonical_background
+  codec = recipe.load_codec(CONFIG, DIR)
+  assert codec.background_rgb == tuple(shapes.BACKGROUND)
+  docs = [shapes.make_document(int(CONFIG.data.eval_seed), i, "caption", size=32)
+          for i in range(24)]
+  images = np.stack([shapes.decode_image(d.segments[0].image) for d in docs])
+  own = image_codec.ImageCodec.load(DIR).tokenize(images)
+  ids = codec.tokenize(images)
+  flat = image_codec.flat_patches(images, codec.tokens_per_image, shapes.BACKGROUND)
+  plain = image_codec.ImageCodec.load(DIR).tokenize(
+      np.broadcast_to(np.asarray(shapes.BACKGROUND, np.uint8), (1, 32, 32, 3)))
+  assert flat.mean() > 0.5
+  np.testing.assert_array_equal(ids, np.where(flat, plain, own))
+  distinct_at = [len(np.unique(own[:, p][flat[:, p]])) for p in range(64) if flat[:, p].sum() > 8]
+  assert np.mean(distinct_at) > 2  # what canonical_background removes
+
 def test_a_changed_recipe_is_refused_by_name(tmp_path):
   changed = copy.deepcopy(CONFIG.tokenizer)
   changed.tokenizer.codebook_size = 512

@@ -181,3 +181,43 @@ def test_codec_quantizes_the_encoder_layer_its_config_names():
   np.testing.assert_allclose(codec._features(images), first, atol=1e-6)
   assert float(jnp.abs(codec._features(images) - last).max()) > 1e-2
   assert vt.SemanticTokenizerConfig.from_dict(tok_cfg.to_dict()).encoder_layer == 1
+
+
+
+def test_codec_writes_flat_background_patches_as_a_plain_background_image_does():
+  """With background_rgb set, a patch that is that colour in every pixel gets the id an image of
+  only that colour gets at the same position; every other patch, one stray pixel included, keeps
+  the tokenizer's own id. The tokenizer is stood in for by ids that depend on the whole image,
+  as a contextual encoder's do, so the two kinds of id differ."""
+  from unimodal_jax.models import image_codec, vit
+
+  class ContextualIds(image_codec.ImageCodec):
+    def _tokenizer_ids(self, images, batch=256):
+      total = images.reshape(len(images), -1).sum(axis=1, dtype=np.int64)
+      return ((total[:, None] + np.arange(16)) % 4096).astype(np.int32)
+
+  rgb = (235, 235, 228)
+  rng = np.random.default_rng(3)
+  images = np.broadcast_to(np.asarray(rgb, np.uint8), (6, 16, 16, 3)).copy()
+  for i in range(6):  # objects: random pixels over a few random 4 x 4 patches
+    for _ in range(1 + i % 3):
+      y, x = rng.integers(0, 4, 2) * 4
+      images[i, y:y + 4, x:x + 4] = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+  images[0, 13, 2] = (0, 0, 0)  # one stray pixel in patch (3, 0) of image 0
+  vision = vit.VitConfig(image_size=16, patch_size=4, hidden_size=24, intermediate_size=32,
+                         num_layers=2, num_heads=2)
+  tok_cfg = vt.SemanticTokenizerConfig(feature_dim=24, num_tokens=16, codebook_size=4096)
+  plain = ContextualIds(vision, None, tok_cfg, None, None, None)
+  codec = ContextualIds(vision, None, tok_cfg, None, None, None, background_rgb=rgb)
+  own, ids = plain.tokenize(images), codec.tokenize(images)
+  background = plain.tokenize(np.broadcast_to(np.asarray(rgb, np.uint8), (1, 16, 16, 3)))
+  background = np.broadcast_to(background, ids.shape)
+  flat = np.array([[(images[i, r * 4:r * 4 + 4, c * 4:c * 4 + 4] == rgb).all()
+                    for r in range(4) for c in range(4)] for i in range(6)])
+  assert not flat[0, 12] and flat.mean() > 0.5
+  np.testing.assert_array_equal(image_codec.flat_patches(images, 16, rgb), flat)
+  np.testing.assert_array_equal(ids[flat], background[flat])
+  np.testing.assert_array_equal(ids[~flat], own[~flat])
+  assert (own[flat] != background[flat]).all()
+  with pytest.raises(ValueError, match="15 tokens do not tile 16x16"):
+    image_codec.flat_patches(images, 15, rgb)

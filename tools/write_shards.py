@@ -20,6 +20,12 @@ formats and examples:
       python tools/write_shards.py --format=interleaved --input=docs_shard_0.jsonl,docs_shard_1.jsonl \\
           --image_dir=mmc4_images --out_dir=shards/mmc4 --name=mmc4 [--no-drop_missing_images]
 
+  interleaved_webdataset  DreamLLM's interleaved tars: key.json (MMC4's text_list + image_info,
+               with matched_sim) + key.<image name> members -> "interleaved" documents, each
+               image after the sentence it matches; --min_sim drops weakly matched images
+      python tools/write_shards.py --format=interleaved_webdataset --input='mmc4_wds/*.tar' \\
+          --out_dir=shards/mmc4_wds --name=mmc4 --min_sim=0.25
+
   tfds         a TFDS split prepared with file_format=array_record (no tensorflow needed) -> "caption"
       python tools/write_shards.py --format=tfds --tfds_name=coco_captions --tfds_data_dir=~/tfds \\
           --split=train --image_key=image --text_key=captions/text --out_dir=shards/coco --name=coco
@@ -69,8 +75,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--strict", action="store_true",
                  help="stop at the first bad record (exit 1, naming file and key) instead of skipping it")
   p.add_argument("--drop_missing_images", action=argparse.BooleanOptionalAction, default=True,
-                 help="interleaved: drop a missing or corrupt image and keep its document (default), "
-                 "or skip the whole document (--no-drop_missing_images)")
+                 help="interleaved, interleaved_webdataset: drop a missing or corrupt image and "
+                 "keep its document (default), or skip the whole document "
+                 "(--no-drop_missing_images)")
+  p.add_argument("--min_sim", type=float, default=None,
+                 help="interleaved_webdataset: drop (and count) images whose matched_sim is below "
+                 "this; images without matched_sim are kept (default: keep all)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace the shards and dataset_info.json already in --out_dir")
   p.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -89,10 +99,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.format != "tfds" and not args.input:
     parser.error(f"--format={args.format} needs --input")
+  if args.min_sim is not None and args.format != "interleaved_webdataset":
+    parser.error(f"--min_sim applies to --format=interleaved_webdataset, not {args.format}")
   if args.records_per_shard < 1 or args.workers < 1:
     parser.error("--records_per_shard and --workers must be at least 1")
   options = converters.Options(
-      image_dir=args.image_dir, drop_missing_images=args.drop_missing_images,
+      image_dir=args.image_dir, drop_missing_images=args.drop_missing_images, min_sim=args.min_sim,
       tfds_name=args.tfds_name, tfds_data_dir=args.tfds_data_dir and os.path.expanduser(args.tfds_data_dir),
       split=args.split, image_key=args.image_key, text_key=args.text_key)
   created_by = f"tools/write_shards.py --format={args.format}"

@@ -188,9 +188,20 @@ def _illume_tokenizer(config, workdir, progress, skip, finish, fingerprint):
       from unimodal_jax.train import tokenizer as tokenizer_lib
       figures = tokenizer_lib.run(config.tokenizer, tok_dir, log=lg)
       finish("tokenizer", figures, t0, fp)
+  return (load_codec(config, tok_dir, clip_workdir),
+          clip_workdir or os.path.join(tok_dir, "clip"), os.path.join(tok_dir, "tokenizer"))
+
+
+def load_codec(config, tokenizer_dir: str, clip_workdir: str = ""):
+  """The ImageCodec of ILLUME's job: its tokenizer's parts, writing the shapes world's
+  background patches as one code per position when config.data.canonical_background (the data
+  phase's codes, the ceiling and the self-assessment corrections all tokenize through it)."""
+  from unimodal_jax.data.worlds import shapes
   from unimodal_jax.models.image_codec import ImageCodec
-  return (ImageCodec.load(tok_dir, clip_workdir), clip_workdir or os.path.join(tok_dir, "clip"),
-          os.path.join(tok_dir, "tokenizer"))
+  codec = ImageCodec.load(tokenizer_dir, clip_workdir)
+  if bool(config.data.get("canonical_background", False)):
+    codec.background_rgb = tuple(shapes.BACKGROUND)
+  return codec
 
 
 def finished_illume(config, workdir: str):
@@ -198,13 +209,12 @@ def finished_illume(config, workdir: str):
   tools read a stage's checkpoint with."""
   from unimodal_jax import pretrained
   from unimodal_jax.data import text_tokenizer
-  from unimodal_jax.models.image_codec import ImageCodec
   shipped = str(config.get("pretrained", pretrained.NONE))
   if shipped != pretrained.NONE:
-    codec = ImageCodec.load(pretrained.resolve(shipped, config.tokenizer), "")
+    codec = load_codec(config, pretrained.resolve(shipped, config.tokenizer))
   else:
-    codec = ImageCodec.load(os.path.join(workdir, "tokenizer"),
-                            config.tokenizer.encoder.clip_workdir)
+    codec = load_codec(config, os.path.join(workdir, "tokenizer"),
+                       config.tokenizer.encoder.clip_workdir)
   sp = text_tokenizer.load(os.path.join(workdir, "data", "spm.model"))
   return codec, sp, model_dict(config, codec, sp.get_piece_size())
 
@@ -522,5 +532,5 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
 
 
 __all__ = ["PHASES", "CONFIG_FILE", "Progress", "run", "stage_config", "model_dict",
-           "self_assessment_drawings", "finished_illume", "trained_illume", "image_sampling",
-           "save_config", "read_config"]
+           "self_assessment_drawings", "finished_illume", "load_codec", "trained_illume",
+           "image_sampling", "save_config", "read_config"]

@@ -36,6 +36,7 @@ FORMATS = {
     "llava": "unimodal_jax.data.converters.llava",
     "webdataset": "unimodal_jax.data.converters.webdataset",
     "interleaved": "unimodal_jax.data.converters.interleaved",
+    "interleaved_webdataset": "unimodal_jax.data.converters.interleaved_webdataset",
     "tfds": "unimodal_jax.data.converters.tfds_source",
 }
 READ_BATCH = 256  # records read from a part file at a time while writing shards

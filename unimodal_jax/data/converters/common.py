@@ -30,6 +30,7 @@ EMPTY_DOCUMENT = "empty document"
 INVALID_DOCUMENT = "invalid document"
 TRUNCATED_TAR = "truncated tar"
 BAD_TAR = "bad tar"
+LOW_SIMILARITY = "low similarity"  # an image below Options.min_sim
 
 KEPT_FORMATS = ("PNG", "JPEG")
 # Modes PNG can hold as they are; anything else (CMYK, YCbCr, float, ...) becomes RGB(A).
@@ -75,6 +76,7 @@ class Options:
   """Settings of the converters (hashable, and picklable for worker processes)."""
   image_dir: str | None = None     # where relative image paths resolve; default: the input's folder
   drop_missing_images: bool = True  # interleaved: drop a missing image (True) or the document
+  min_sim: float | None = None  # interleaved_webdataset: drop images whose matched_sim is lower
   tfds_name: str | None = None
   tfds_data_dir: str | None = None
   split: str = "train"

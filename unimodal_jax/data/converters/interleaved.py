@@ -13,8 +13,9 @@ the file name at the end of the URL (query string removed).
 
 Reading order. OBELICS lists are already in reading order. MMC4 only says which sentence each
 image matches, so each image goes immediately BEFORE its matched sentence, images matched to the
-same sentence in image_info order. This is the placement of OpenFlamingo's MMC4 loader, and the
-one DreamLLM's interleaved data follows: an image is followed by the text that refers to it.
+same sentence in image_info order: the placement of OpenFlamingo's MMC4 loader (an image is
+followed by the text that refers to it). DreamLLM's loader places each image AFTER its sentence;
+its tars are the interleaved_webdataset format.
 
 A missing or corrupt image is dropped from its document and counted (a skip with dropped="image"
 and key "line N/<image name>"); with drop_missing_images=False the whole document is skipped
@@ -65,7 +66,7 @@ def convert(path: str, options: common.Options) -> Iterator[documents.Document |
 def _convert_record(path, key, doc_id, line_number, record, image_dir, drop_missing_images):
   try:
     if "text_list" in record:
-      items = _mmc4_items(record)
+      items = mmc4_items(record)
     elif "texts" in record and "images" in record:
       items = _obelics_items(record)
     else:
@@ -75,7 +76,19 @@ def _convert_record(path, key, doc_id, line_number, record, image_dir, drop_miss
   except common.BadRecord as e:
     yield common.Skipped.of(path, key, e)
     return
+  metadata = {"source": os.path.basename(path), "line": line_number}
+  if isinstance(record.get("url"), str):
+    metadata["url"] = record["url"]
+  yield from document_of(path, key, doc_id, items,
+                         lambda name: common.read_image(os.path.join(image_dir, name)),
+                         drop_missing_images, metadata)
 
+
+def document_of(path, key, doc_id, items, read_image, drop_missing_images, metadata):
+  """The "interleaved" document of items [("text", str) | ("image", name)], each image's bytes
+  from read_image(name) (raising common.BadRecord): an image that fails is dropped and counted
+  (key "KEY/NAME"), or with drop_missing_images=False the document is skipped. metadata gains
+  "images", the names kept."""
   segments, kept_images, dropped = [], [], []
   for kind, value in items:
     if kind == "text":
@@ -83,7 +96,7 @@ def _convert_record(path, key, doc_id, line_number, record, image_dir, drop_miss
         segments.append(documents.Segment.of_text(value))
       continue
     try:
-      segments.append(documents.Segment.of_image(common.read_image(os.path.join(image_dir, value))))
+      segments.append(documents.Segment.of_image(read_image(value)))
       kept_images.append(value)
     except common.BadRecord as e:
       if not drop_missing_images:
@@ -94,32 +107,40 @@ def _convert_record(path, key, doc_id, line_number, record, image_dir, drop_miss
   if not segments:
     yield common.Skipped(path, key, common.EMPTY_DOCUMENT, "no text and no image left")
     return
-  metadata = {"source": os.path.basename(path), "line": line_number, "images": kept_images}
-  if isinstance(record.get("url"), str):
-    metadata["url"] = record["url"]
-  yield documents.Document(doc_id, "interleaved", segments, metadata)
+  yield documents.Document(doc_id, "interleaved", segments, dict(metadata, images=kept_images))
 
 
-def _mmc4_items(record: dict) -> list[tuple[str, str]]:
-  """[("text", sentence) | ("image", file name)] with each image before its matched sentence."""
+def matched_images(record: dict) -> tuple[list[str], list[tuple[int, str, dict]]]:
+  """MMC4's text_list and image_info, checked: (sentences, [(matched sentence index, image
+  name, the image_info entry)] in image_info order)."""
   texts = record["text_list"]
   if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
     raise common.BadRecord(common.MALFORMED_RECORD, "'text_list' must be a list of strings")
   infos = record.get("image_info") or []
   if not isinstance(infos, list):
     raise common.BadRecord(common.MALFORMED_RECORD, "'image_info' must be a list")
-  images_before = [[] for _ in texts]
+  images = []
   for i, info in enumerate(infos):
     index = info.get("matched_text_index") if isinstance(info, dict) else None
-    if not isinstance(index, int) or not 0 <= index < len(texts):
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(texts):
       raise common.BadRecord(common.MALFORMED_RECORD,
                              f"image_info[{i}]: matched_text_index={index!r} for {len(texts)} texts")
-    images_before[index].append(_image_name(info.get("image_name") or info.get("raw_url"),
-                                            f"image_info[{i}]"))
+    images.append((index, _image_name(info.get("image_name") or info.get("raw_url"),
+                                      f"image_info[{i}]"), info))
+  return texts, images
+
+
+def mmc4_items(record: dict, *, after: bool = False) -> list[tuple[str, str]]:
+  """[("text", sentence) | ("image", file name)] with each image right before its matched
+  sentence (OpenFlamingo's placement), or right after it (after=True, DreamLLM's); images
+  matched to one sentence keep their image_info order."""
+  texts, images = matched_images(record)
+  at = [[] for _ in texts]
+  for index, name, _ in images:
+    at[index].append(("image", name))
   items = []
-  for text, images in zip(texts, images_before):
-    items.extend(("image", name) for name in images)
-    items.append(("text", text))
+  for text, here in zip(texts, at):
+    items.extend(([("text", text)] + here) if after else (here + [("text", text)]))
   return items
 
 

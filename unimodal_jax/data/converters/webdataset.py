@@ -35,12 +35,20 @@ def units(inputs: list[str], options: common.Options) -> list[str]:
 
 
 def convert(path: str, options: common.Options) -> Iterator[documents.Document | common.Skipped]:
+  stem = common.file_stem(path)
+  for item in tar_samples(path):
+    yield item if isinstance(item, common.Skipped) else _sample(path, stem, *item)
+
+
+def tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]] | common.Skipped]:
+  """(key, {extension: bytes}) of each sample of a WebDataset tar, in order (extension: the
+  member's file name after its first dot, lower-cased). A tar that does not open is one Skipped;
+  a cut tar yields the samples before the cut, then one Skipped naming the sample being read."""
   try:
     archive = tarfile.open(path, "r:*")
   except READ_ERRORS as e:
     yield common.Skipped(path, "", common.BAD_TAR, f"{type(e).__name__}: {e}")
     return
-  stem = common.file_stem(path)
   with archive:
     key, files = None, {}
     try:
@@ -50,7 +58,7 @@ def convert(path: str, options: common.Options) -> Iterator[documents.Document |
         member_key, extension = _split_name(member.name)
         if member_key != key:
           if key is not None:
-            yield _sample(path, stem, key, files)
+            yield key, files
           key, files = member_key, {}
         files[extension] = archive.extractfile(member).read()
       _check_complete(archive)
@@ -58,7 +66,7 @@ def convert(path: str, options: common.Options) -> Iterator[documents.Document |
       yield common.Skipped(path, key or "", common.TRUNCATED_TAR, f"{type(e).__name__}: {e}")
       return
     if key is not None:
-      yield _sample(path, stem, key, files)
+      yield key, files
 
 
 def _split_name(name: str) -> tuple[str, str]:
