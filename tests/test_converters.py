@@ -306,7 +306,6 @@ def test_interleaved_can_skip_whole_documents(tmp_path):
                              converters.Options(image_dir=str(tmp_path / "imgs")), strict=True)
 
 
-
 # --- interleaved_webdataset (DreamLLM's tars) -----------------------------------------------------
 
 def dreamllm_tar(tmp_path):
@@ -380,6 +379,7 @@ def test_interleaved_webdataset_places_images_after_their_sentence_and_counts_wh
   with pytest.raises(converters.ConversionError, match=re.escape(f"{path}: s0/bad.jpg: corrupt")):
     converters.write_dataset("interleaved_webdataset", [path], str(tmp_path / "strict"), "docs",
                              strict=True)
+
 
 # --- tfds -----------------------------------------------------------------------------------------
 

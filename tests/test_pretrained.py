@@ -110,15 +110,17 @@ def test_the_main_job_writes_the_backgrounds_patches_as_one_code_per_position():
   docs = [shapes.make_document(int(CONFIG.data.eval_seed), i, "caption", size=32)
           for i in range(24)]
   images = np.stack([shapes.decode_image(d.segments[0].image) for d in docs])
-  own = image_codec.ImageCodec.load(DIR).tokenize(images)
+  shipped = image_codec.ImageCodec.load(DIR)
+  own = shipped.tokenize(images)
   ids = codec.tokenize(images)
   flat = image_codec.flat_patches(images, codec.tokens_per_image, shapes.BACKGROUND)
-  plain = image_codec.ImageCodec.load(DIR).tokenize(
+  plain = shipped.tokenize(
       np.broadcast_to(np.asarray(shapes.BACKGROUND, np.uint8), (1, 32, 32, 3)))
   assert flat.mean() > 0.5
   np.testing.assert_array_equal(ids, np.where(flat, plain, own))
   distinct_at = [len(np.unique(own[:, p][flat[:, p]])) for p in range(64) if flat[:, p].sum() > 8]
   assert np.mean(distinct_at) > 2  # what canonical_background removes
+
 
 def test_a_changed_recipe_is_refused_by_name(tmp_path):
   changed = copy.deepcopy(CONFIG.tokenizer)

@@ -183,7 +183,6 @@ def test_codec_quantizes_the_encoder_layer_its_config_names():
   assert vt.SemanticTokenizerConfig.from_dict(tok_cfg.to_dict()).encoder_layer == 1
 
 
-
 def test_codec_writes_flat_background_patches_as_a_plain_background_image_does():
   """With background_rgb set, a patch that is that colour in every pixel gets the id an image of
   only that colour gets at the same position; every other patch, one stray pixel included, keeps

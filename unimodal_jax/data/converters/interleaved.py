@@ -66,7 +66,7 @@ def convert(path: str, options: common.Options) -> Iterator[documents.Document |
 def _convert_record(path, key, doc_id, line_number, record, image_dir, drop_missing_images):
   try:
     if "text_list" in record:
-      items = mmc4_items(record)
+      items = _mmc4_items(record)
     elif "texts" in record and "images" in record:
       items = _obelics_items(record)
     else:
@@ -130,11 +130,17 @@ def matched_images(record: dict) -> tuple[list[str], list[tuple[int, str, dict]]
   return texts, images
 
 
-def mmc4_items(record: dict, *, after: bool = False) -> list[tuple[str, str]]:
+def _mmc4_items(record: dict) -> list[tuple[str, str]]:
   """[("text", sentence) | ("image", file name)] with each image right before its matched
-  sentence (OpenFlamingo's placement), or right after it (after=True, DreamLLM's); images
-  matched to one sentence keep their image_info order."""
+  sentence (OpenFlamingo's placement)."""
   texts, images = matched_images(record)
+  return placed(texts, images, after=False)
+
+
+def placed(texts: list[str], images: list[tuple[int, str, dict]], *, after: bool
+           ) -> list[tuple[str, str]]:
+  """Items of matched_images' output: each image right before its sentence, or right after it
+  (after=True, DreamLLM's placement); images matched to one sentence keep their order."""
   at = [[] for _ in texts]
   for index, name, _ in images:
     at[index].append(("image", name))

@@ -77,18 +77,15 @@ def _record(key: str, files: dict[str, bytes]) -> dict:
 
 def _items(record: dict, min_sim: float | None):
   """(the document's items, [(image name, its matched_sim)] dropped below min_sim)."""
-  low = []
-  if min_sim is not None:
-    _, images = interleaved.matched_images(record)  # checks the record before it is filtered
-    kept = []
-    for (_, name, info), entry in zip(images, record.get("image_info") or []):
-      sim = info.get("matched_sim")
-      if isinstance(sim, (int, float)) and sim < min_sim:
-        low.append((name, sim))
-      else:
-        kept.append(entry)
-    record = dict(record, image_info=kept)
-  return interleaved.mmc4_items(record, after=True), low
+  texts, images = interleaved.matched_images(record)
+  kept, low = [], []
+  for image in images:
+    sim = image[2].get("matched_sim")
+    if min_sim is not None and isinstance(sim, (int, float)) and sim < min_sim:
+      low.append((image[1], sim))
+    else:
+      kept.append(image)
+  return interleaved.placed(texts, kept, after=True), low
 
 
 def _image(key: str, files: dict[str, bytes], name: str) -> bytes:
