@@ -168,6 +168,9 @@ def _loaded_for_users(workdir, env):
   model = unimodal_jax.load(str(workdir))
   assert model.kind == "illume" and model.stage_dir == str(workdir / "stage3")
   assert unimodal_jax.load(str(workdir / "stage2")).stage_dir == str(workdir / "stage2")
+  # the job's model embeds each written code's place among the image's codes
+  assert model.model.config.code_positions == model.codec.tokens_per_image
+  assert model.params["code_position_embed"]["embedding"].shape[0] == model.codec.tokens_per_image
   # The evaluation's own answers to its first six held-out questions (one of each kind), asked
   # again through the facade with the same images: the same prompt layout gives the same text.
   seed, size = int(model.config.data.eval_seed), model.image_size

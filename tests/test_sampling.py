@@ -233,3 +233,47 @@ def test_pixels_decoded_on_a_mesh_are_those_one_device_decodes():
   assert on_mesh.shape == one.shape == (11, codec.image_size, codec.image_size, 3)
   np.testing.assert_array_equal(on_mesh, one)
   assert not np.array_equal(one[0], one[1])  # different codes draw different images
+
+
+def test_code_index_counts_each_code_within_its_run():
+  """code_index against a Python loop: the k-th code of each run of consecutive codes is k,
+  every other token 0 (runs split by any text or special token)."""
+  rng = np.random.default_rng(0)
+  offset = 10
+  tokens = rng.integers(0, 16, size=(4, 40))
+  tokens[:, 5:20] = rng.integers(offset, 16, size=(4, 15))  # one long run per row
+  expected = np.zeros_like(tokens)
+  for b in range(tokens.shape[0]):
+    run = 0
+    for t, tok in enumerate(tokens[b]):
+      run = run + 1 if tok >= offset else 0
+      expected[b, t] = run - 1 if tok >= offset else 0
+  np.testing.assert_array_equal(np.asarray(illume.code_index(jnp.asarray(tokens), offset)),
+                                expected)
+
+
+def test_image_generation_tells_the_model_each_codes_place():
+  """A model that embeds each code's place in its image (code_positions): greedy drawing with
+  the KV cache equals the argmax of full forward passes, which count the places from the tokens;
+  the place embedding is large enough here that ignoring it draws other codes."""
+  n = 6
+  config = illume.IllumeConfig(llm=LLM, vision=VISION, image_codes=12, code_positions=n)
+  model = illume.Illume(config)
+  params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 4), jnp.int32))[
+      "params"])
+  params["code_position_embed"]["embedding"] = params["code_position_embed"]["embedding"] * 300
+  vocab = config.vocab
+  prompts = [[vocab.bos_id, 5, 6, vocab.image_start], [vocab.bos_id, 9, 4, 11, vocab.image_start]]
+  tokens, mask = sampling.left_pad(prompts)
+  draw = lambda p: np.asarray(sampling.generate_image(
+      model, p, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), tokens_per_image=n,
+      image_offset=config.image_offset, image_codes=config.image_codes, temperature=0.0))
+  codes = draw(params)
+  seqs = [list(p) for p in prompts]
+  for step in range(n):
+    full = _full_logits(model, params, seqs)[:, config.image_offset:]
+    np.testing.assert_array_equal(codes[:, step], np.asarray(jnp.argmax(full, -1)))
+    for s, c in zip(seqs, codes[:, step]):
+      s.append(int(c) + config.image_offset)
+  unplaced = dict(params, code_position_embed={"embedding": jnp.zeros((n, LLM.hidden_size))})
+  assert not np.array_equal(draw(unplaced), codes)

@@ -103,10 +103,13 @@ def _positions(mask):
   return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
 
 
-def _apply(model, params, tokens, *, positions, segment_ids, cache, images=None):
+def _apply(model, params, tokens, *, positions, segment_ids, cache, images=None,
+           code_positions=None):
   kw = {"positions": positions, "segment_ids": segment_ids, "cache": cache}
   if images is not None:
     kw["images"] = images
+  if code_positions is not None:
+    kw["code_positions"] = code_positions
   return model.apply({"params": params}, tokens, **kw)
 
 
@@ -121,11 +124,13 @@ def prefill(model, params, prompt, prompt_mask, max_len: int, images=None):
   return logits[:, -1], cache, jnp.sum(mask, axis=1)
 
 
-def decode_step(model, params, token, position, cache):
-  """One token per row [B] at `position` [B] -> (logits [B, V], cache)."""
+def decode_step(model, params, token, position, cache, code_position=None):
+  """One token per row [B] at `position` [B] -> (logits [B, V], cache). `code_position` [B]: an
+  image code's place in its image, for models that embed it (IllumeConfig.code_positions)."""
   ones = jnp.ones((token.shape[0], 1), jnp.int32)
   logits, cache = _apply(model, params, token[:, None], positions=position[:, None],
-                         segment_ids=ones, cache=cache)
+                         segment_ids=ones, cache=cache,
+                         code_positions=None if code_position is None else code_position[:, None])
   return logits[:, 0], cache
 
 
@@ -184,8 +189,11 @@ def generate_image(model, params, prompt, prompt_mask, rng, *, tokens_per_image:
     images = None if images is None else jnp.concatenate([images, images])
   logits, cache, pos = prefill(model, params, prompt, prompt_mask,
                                prompt.shape[1] + tokens_per_image, images)
+  # a model that embeds each code's place in its image is told it (a decode step cannot count)
+  tells_place = bool(getattr(model.config, "code_positions", 0))
 
-  def body(carry, key):
+  def body(carry, inputs):
+    key, place = inputs
     logits, cache, pos = carry
     if cfg_on:
       logits = guided_logits(logits[:b], logits[b:], guidance)
@@ -193,11 +201,12 @@ def generate_image(model, params, prompt, prompt_mask, rng, *, tokens_per_image:
                                image_offset + image_codes)
     tok = sample_token(logits, key, temperature, top_k, top_p)
     step_tok = jnp.concatenate([tok, tok]) if cfg_on else tok
-    logits, cache = decode_step(model, params, step_tok, pos, cache)
+    logits, cache = decode_step(model, params, step_tok, pos, cache,
+                                jnp.full_like(step_tok, place) if tells_place else None)
     return (logits, cache, pos + 1), tok
 
   keys = jax.random.split(rng, tokens_per_image)
-  _, toks = jax.lax.scan(body, (logits, cache, pos), keys)
+  _, toks = jax.lax.scan(body, (logits, cache, pos), (keys, jnp.arange(tokens_per_image)))
   return toks.T - image_offset
 
 

@@ -12,6 +12,7 @@ Parameters (the names optimizer groups match, ILLUME Table 5):
     adapter/...          MLP from the encoder's width to the LLM's ("vision adapter")
     vision_embed/...     embedding rows of the image codes  } "vision embed & head"
     vision_head/...      head rows of the image codes       }
+    code_position_embed/ each code's place in its image     }  (only with code_positions > 0)
 
 The unified vocabulary is data/vocab.py's: [text | 4 specials | image codes]; `llm.vocab_size`
 counts text + specials, `image_codes` the rest. The k-th <image_patch> token of a row takes the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from unimodal_jax.data.vocab import SPECIALS, Vocab
@@ -55,8 +57,15 @@ class IllumeConfig(ModelConfig):
   # the adapter (space-to-depth, InternVL's pixel shuffle), so a view takes num_patches / k**2
   # slots: ILLUME's 256 tokens per 448 px slice from a 14 px-patch encoder's 32 x 32 grid.
   token_merge: int = 1
+  # n > 0: each written image code's input embedding also gets a learned embedding of its place
+  # in the image (its index among the n codes), so the model knows which grid cell it writes
+  # next. ILLUME has none (0); a tiny LLM cannot recover a code's row and column from 1-D RoPE
+  # alone (with them the shapes world's drawings score higher; docs/results.md, 2026-11-29).
+  code_positions: int = 0
 
   def __post_init__(self):
+    if self.code_positions < 0:
+      raise ValueError(f"model.code_positions={self.code_positions} must be >= 0 (0: off)")
     if self.image_codes <= 0:
       raise ValueError(f"model.image_codes must be positive, got {self.image_codes}")
     if self.llm.vocab_size <= len(SPECIALS):
@@ -92,7 +101,8 @@ class IllumeConfig(ModelConfig):
     e, v = self.llm.hidden_size, self.vision.hidden_size
     a = self.adapter_hidden or e
     adapter = v * self.token_merge ** 2 * a + a + a * e + e
-    return self.llm.num_params() + self.vision.num_params() + adapter + 2 * self.image_codes * e
+    return (self.llm.num_params() + self.vision.num_params() + adapter
+            + (2 * self.image_codes + self.code_positions) * e)
 
   def flops_per_token(self, seq_len: int) -> float:
     """Training FLOPs per sequence token: the LLM's with the image-code head added (the ViT and
@@ -136,6 +146,17 @@ def merge_tokens(patches, k: int):
   return x.reshape(n, (g // k) ** 2, k * k * c)
 
 
+def code_index(tokens, image_offset: int):
+  """[B, T] -> each image code's index within its run of consecutive codes (0 for other
+  tokens): where in its image a written code sits."""
+  is_code = tokens >= image_offset
+  count = jnp.cumsum(is_code.astype(jnp.int32), axis=1)
+  # count is non-decreasing, so the running max of its value at non-code tokens is the count
+  # where the current run began
+  run_start = jax.lax.cummax(jnp.where(is_code, 0, count), axis=1)
+  return jnp.where(is_code, count - run_start - 1, 0)
+
+
 def splice_image_features(x, tokens, features, image_patch_id: int):
   """x [B, T, E] with the k-th `image_patch_id` slot of each row replaced by features[b, k]
   (features [B, N, E]: a row's images' patch features in order). Slots beyond N keep x."""
@@ -166,6 +187,11 @@ class Illume(nn.Module):
         cfg.image_codes, dtype=llm.jnp_dtype, param_dtype=llm.jnp_param_dtype,
         kernel_init=nn.with_logical_partitioning(
             nn.initializers.normal(llm.initializer_range), ("embed", "vocab")))
+    if cfg.code_positions:
+      self.code_position_embed = nn.Embed(
+          cfg.code_positions, llm.hidden_size, dtype=llm.jnp_dtype,
+          param_dtype=llm.jnp_param_dtype, embedding_init=nn.with_logical_partitioning(
+              nn.initializers.normal(llm.initializer_range), (None, "embed")))
 
   def image_features(self, images):
     """uint8 images [..., H, W, 3] -> adapter outputs [..., tokens_per_image, hidden]: what the
@@ -179,13 +205,19 @@ class Illume(nn.Module):
     feats = self.adapter(patches)
     return feats.reshape(lead + feats.shape[1:])
 
-  def embed(self, tokens, images=None):
+  def embed(self, tokens, images=None, code_positions=None):
     """Token ids [B, T] (unified vocabulary) -> input embeddings [B, T, hidden], image features
-    spliced in at the <image_patch> slots when images [B, M, H, W, 3] are given."""
+    spliced in at the <image_patch> slots when images [B, M, H, W, 3] are given.
+
+    With config.code_positions, image codes also get their place in the image: code_index(tokens)
+    unless `code_positions` [B, T] gives it (one-token decode steps, which cannot count)."""
     cfg = self.config
     offset = cfg.image_offset
     text = self.llm.embed(jnp.clip(tokens, 0, offset - 1))
     codes = self.vision_embed(jnp.clip(tokens - offset, 0, cfg.image_codes - 1))
+    if cfg.code_positions:
+      where = code_index(tokens, offset) if code_positions is None else code_positions
+      codes = codes + self.code_position_embed(where % cfg.code_positions)
     x = jnp.where((tokens >= offset)[..., None], codes.astype(text.dtype), text)
     if images is None and self.is_initializing():
       # Create the encoder's and adapter's params even when init sees tokens only.
@@ -204,10 +236,10 @@ class Illume(nn.Module):
     return nn.with_logical_constraint(out, ACT_VOCAB)
 
   def __call__(self, tokens, *, images=None, positions=None, segment_ids=None, cache=None,
-               return_hidden=False):
+               return_hidden=False, code_positions=None):
     """Logits [B, T, vocab_size] over the unified vocabulary; with a cache, (logits, cache);
-    with return_hidden, the final hidden states last (as Decoder)."""
-    x = self.embed(tokens, images)
+    with return_hidden, the final hidden states last (as Decoder). `code_positions`: see embed."""
+    x = self.embed(tokens, images, code_positions)
     out = self.llm(inputs_embeds=x, positions=positions, segment_ids=segment_ids, cache=cache,
                    return_hidden=True)
     text_logits, hidden = out[0], out[-1]
@@ -223,10 +255,10 @@ class Illume(nn.Module):
 GROUP_PATTERNS = {
     "vision_encoder": r"vision_encoder/.*",
     "adapter": r"adapter/.*",
-    "vision_embed_head": r"(vision_embed|vision_head)/.*",
+    "vision_embed_head": r"(vision_embed|vision_head|code_position_embed)/.*",
     "llm": r"llm/.*",
 }
 
 
-__all__ = ["IllumeConfig", "Illume", "VisionAdapter", "check_token_merge", "merge_tokens", "splice_image_features", "GROUP_PATTERNS",
+__all__ = ["IllumeConfig", "Illume", "VisionAdapter", "check_token_merge", "merge_tokens", "code_index", "splice_image_features", "GROUP_PATTERNS",
            "KIND"]

@@ -125,7 +125,8 @@ def model_dict(config, codec, text_vocab_size: int) -> dict:
   return {"kind": "illume", "llm": llm, "vision": codec.vision_config.to_dict(),
           "image_codes": codec.codebook_size, "adapter_hidden": int(config.adapter_hidden),
           "feature_layer": int(config.get("feature_layer", -1)),
-          "token_merge": int(config.get("token_merge", 1))}
+          "token_merge": int(config.get("token_merge", 1)),
+          "code_positions": codec.tokens_per_image if config.get("code_positions") else 0}
 
 
 def stage_config(config, name: str, model: dict, data_dir: str, tokenizer_path: str,
