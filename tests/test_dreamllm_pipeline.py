@@ -92,3 +92,23 @@ def test_dreamllm_main_job_micro_runs_resumes_after_kill_and_reports(tmp_path):
   assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
   with pytest.raises(NotImplementedError, match="does not train editing"):
     model.edit(drawn[:1], ["make it blue"])
+  # Stories in stage 2 (interleaved generative pretraining); the evaluation's documents.
+  stage2_config = json.load(open(tmp_path / "phases.json"))["stage2"]["config"]
+  assert '"story": {"path": "<workdir>/data/story"' in stage2_config
+  doc = results["interleaved"]
+  assert doc["documents"] == 4 and 0.0 <= doc["consistency"] <= 1.0
+  assert doc["reference_images_per_document"] == 2.0
+  assert (tmp_path / "benchmarks" / "interleaved" / "00" / "document.html").exists()
+  # python -m unimodal_jax.generate: a document the model writes, as a page and JSON
+  out = tmp_path / "generated"
+  proc = subprocess.run(
+      [sys.executable, "-m", "unimodal_jax.generate", f"--workdir={tmp_path}", f"--out={out}",
+       "--prompt=This picture shows a red circle.", "--max_images=2", "--max_new_tokens=16"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((out / "document.json").read_text())
+  assert record["model"] == "dreamllm" and record["segments"][0] == {
+      "type": "text", "text": "This picture shows a red circle.", "source": "prompt"}
+  files = [s["file"] for s in record["segments"] if s["type"] == "image"]
+  assert len(files) <= 2 and all((out / f).exists() for f in files)
+  assert 'class="prompt">This picture shows a red circle.' in (out / "document.html").read_text()

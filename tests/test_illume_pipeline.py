@@ -193,6 +193,31 @@ def _loaded_for_users(workdir, env):
     model.answer([scenes[0].astype(np.float32)], ["q"])
   with pytest.raises(ValueError, match="the model's context of"):
     model.generate_image(["circle " * 400])
+  # python -m unimodal_jax.generate: a document (each image's codes written, then read), an
+  # answer about an image file as model.answer gives it, and a missing image named.
+  results = json.load(open(workdir / "results.json"))
+  assert results["interleaved"]["documents"] == 4
+  gen = lambda *args: subprocess.run([sys.executable, "-m", "unimodal_jax.generate",
+                                      f"--workdir={workdir}", *args], cwd=REPO, env=env,
+                                     capture_output=True, text=True, timeout=600)
+  proc = gen("--prompt=This picture shows a red circle.", f"--out={workdir / 'doc'}",
+             "--max_images=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  record = json.loads((workdir / "doc" / "document.json").read_text())
+  assert record["model"] == "illume" and record["stop"] in ("eos", "max_new_tokens",
+                                                           "max_images", "context")
+  assert all((workdir / "doc" / s["file"]).exists() for s in record["segments"]
+             if s["type"] == "image")
+  Image.fromarray(scenes[0]).save(workdir / "scene.png")
+  proc = gen("--task=answer", f"--image={workdir / 'scene.png'}", f"--prompt={questions[0]}",
+             f"--out={workdir / 'answered'}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  answered = json.loads((workdir / "answered" / "document.json").read_text())["segments"]
+  assert [s["type"] for s in answered] == ["image", "text", "text"]
+  assert answered[2]["text"] == model.answer(scenes[:1], questions[:1])[0]
+  proc = gen("--task=edit", "--image=/nonexistent/scene.png", "--prompt=make it blue",
+             f"--out={workdir / 'edited'}")
+  assert proc.returncode != 0 and "/nonexistent/scene.png: cannot read image" in proc.stderr
   # The notebook, on this workdir.
   nb = nbformat.read(os.path.join(REPO, "notebooks", "quickstart.ipynb"), as_version=4)
   os.environ["QUICKSTART_WORKDIR"] = str(workdir)

@@ -136,6 +136,29 @@ def test_conversation_and_edit_target_only_assistant_turns(sp, vocab):
   assert ex["images"].shape[0] == 1  # the source image is read
 
 
+def test_interleaved_image_tokens_are_written_then_the_image_read(sp, vocab):
+  """ILLUME's layout of a picture placed in a document: <image_start> codes <image_end> as image
+  targets, then the picture read (never a target); placed_image builds the same block."""
+  codes = [5, 0, 31, 7]
+  doc = D.Document("d", "interleaved", [D.Segment.of_text("a red box"),
+                                         D.Segment.of_image_tokens(codes),
+                                         D.Segment.of_image(_png(1)), D.Segment.of_text("yes")])
+  formatter = formatting.Formatter(sp, vocab, CFG)
+  ex = formatter(doc)
+  tokens = [vocab.bos_id] + list(ex["targets"])
+  text = sp.encode("a red box")
+  block = ([vocab.image_start] + [vocab.image_token(c) for c in codes] + [vocab.image_end]
+           + [vocab.image_start] + [vocab.image_patch] * 4 + [vocab.image_end])
+  assert tokens == [vocab.bos_id] + text + block + sp.encode("yes") + [vocab.eos_id]
+  mask, modality = ex["target_mask"], ex["target_modality"]
+  written = slice(len(text), len(text) + 6)  # targets are shifted by one
+  assert mask[written].all() and (modality[written] == formatting.IMAGE).all()
+  assert not mask[len(text) + 6:len(text) + 12].any()  # the read block
+  assert ex["images"].shape[0] == 1
+  placed, views = formatter.placed_image(_png(1), codes)
+  assert placed == block and np.array_equal(views[0], ex["images"][0])
+
+
 def test_interleaved_reads_images_and_learns_text(sp, vocab):
   doc = D.Document("d", "interleaved", [D.Segment.of_text("a red box"),
                                          D.Segment.of_image(_png(1)), D.Segment.of_text("yes"),

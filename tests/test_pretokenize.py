@@ -39,6 +39,26 @@ def test_written_images_become_their_codes(tmp_path, task):
       assert written[0].role == "assistant"
 
 
+def test_story_pictures_are_written_as_codes_then_read(tmp_path):
+  """ILLUME's layout of a picture placed in a document: its codes, then its pixels; DreamLLM's
+  (no tokenizer) keeps the pixels alone."""
+  d = str(tmp_path / "story")
+  pretokenize.write_task(d, "story", 0, 5, 32, fake_tokenize, log=lambda *a: None)
+  for i, doc in enumerate(shards.read_documents(d)):
+    original = shapes.make_document(0, i, "story", 32)
+    expected = []
+    for seg in original.to_dict()["segments"]:
+      if seg["type"] == "image":
+        codes = fake_tokenize(images_lib.decode_resize(seg["image"], 32, "t")[None])[0]
+        expected.append({"type": "image_tokens", "role": "", "tokens": [int(c) for c in codes]})
+      expected.append(seg)
+    assert doc.to_dict()["segments"] == expected
+    assert doc.task == "interleaved" and len(doc.metadata["scenes"]) == 2
+  pretokenize.write_task(str(tmp_path / "pixels"), "story", 0, 2, 32, None, log=lambda *a: None)
+  assert [d.to_dict() for d in shards.read_documents(str(tmp_path / "pixels"))] == [
+      shapes.make_document(0, i, "story", 32).to_dict() for i in range(2)]
+
+
 @pytest.mark.parametrize("task", ["conversation", "dialogue"])
 def test_tasks_without_written_images_are_unchanged(tmp_path, task):
   d = str(tmp_path / task)
@@ -48,5 +68,5 @@ def test_tasks_without_written_images_are_unchanged(tmp_path, task):
 
 
 def test_unknown_task_is_named(tmp_path):
-  with pytest.raises(ValueError, match="'story'"):
-    pretokenize.write_task(str(tmp_path / "x"), "story", 0, 1, 32, fake_tokenize)
+  with pytest.raises(ValueError, match="'saga'"):
+    pretokenize.write_task(str(tmp_path / "x"), "saga", 0, 1, 32, fake_tokenize)

@@ -1,6 +1,7 @@
 """The shapes world and its judge: scenes, text, questions, edits and documents agree with the
 ground truth; the judge reads objects back from pixels and scores prompts as GenEval would."""
 import collections
+import dataclasses
 import json
 
 import numpy as np
@@ -228,6 +229,38 @@ def test_edit_story_is_a_chain_of_single_edits():
       assert sum(removed.values()) <= 1 and sum(added.values()) <= 1 and removed + added
 
 
+def test_instructions_read_back_to_the_edit_they_describe():
+  """read_instruction inverts `edit`: applied to the scene it was written for, the instruction
+  read back gives the edited scene (by shape, colour and size), for every kind of edit."""
+  kinds = collections.Counter()
+  for i in range(400):
+    rng = np.random.default_rng([7, i])
+    scene = shapes.sample_scene(rng, 64, 2, 4)
+    try:
+      edited, instruction, kind = shapes.edit_any(scene, rng, shapes._shuffled_kinds(rng))
+    except shapes.EditError:
+      continue
+    connective = shapes.STORY_CONNECTIVES[i % len(shapes.STORY_CONNECTIVES)]
+    for text in (instruction, f"{connective}, {instruction}."):
+      read = shapes.read_instruction(text)
+      assert read is not None and read["kind"] == kind, text
+      after = shapes.apply_instruction(scene.objects, read)
+      key = lambda objs: collections.Counter((o.shape, o.color, o.size) for o in objs)
+      assert key(after) == key(edited.objects), text
+    kinds[kind] += 1
+  assert set(kinds) == set(shapes.EDIT_KINDS)
+  for text in ("This picture shows a red circle.", "Now, make the red circle", "", "remove the",
+               "Now, paint the purple hexagon red.", "add a red circle"):
+    assert shapes.read_instruction(text) is None, text
+  # An instruction naming no single object of the scene it is applied to
+  two = shapes.Scene((shapes.Obj("circle", "red", "small", 0.3, 0.3),
+                      shapes.Obj("circle", "red", "small", 0.35, 0.7)), 64)
+  assert shapes.apply_instruction(two.objects, shapes.read_instruction("remove the red circle")
+                                  ) is None
+  assert len(shapes.apply_instruction(two.objects, shapes.read_instruction(
+      "remove the topmost red circle"))) == 1
+
+
 # --- documents ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("task", shapes.DOCUMENT_TASKS)
@@ -235,10 +268,11 @@ def test_documents_validate_round_trip_and_show_their_scenes(task):
   docs = shapes.make_documents(11, 12, task)
   roles = {"caption": ["", ""], "text_to_image": ["", ""],
            "conversation": ["user", "user", "assistant"], "edit": ["user", "user", "assistant"],
-           "interleaved": [""] * 8, "dialogue": None}[task]
+           "interleaved": [""] * 8, "dialogue": None, "story": [""] * 4}[task]
   types = {"caption": ["image", "text"], "text_to_image": ["text", "image"],
            "conversation": ["image", "text", "text"], "edit": ["image", "text", "image"],
-           "interleaved": ["text", "image"] * 4, "dialogue": None}[task]
+           "interleaved": ["text", "image"] * 4, "dialogue": None,
+           "story": ["text", "image"] * 2}[task]
   for doc in docs:
     if task == "dialogue":  # an image, then question-answer turns (how many depends on the scene)
       turns = (len(doc.segments) - 1) // 2
@@ -247,7 +281,7 @@ def test_documents_validate_round_trip_and_show_their_scenes(task):
     assert documents.decode(documents.encode(doc)).to_dict() == doc.to_dict()
     assert [s.role for s in doc.segments] == roles and [s.type for s in doc.segments] == types
     json.dumps(doc.metadata)
-    described = doc.metadata["scenes"] if task == "interleaved" else (
+    described = doc.metadata["scenes"] if task in ("interleaved", "story") else (
         [doc.metadata["source_scene"], doc.metadata["scene"]] if task == "edit"
         else [doc.metadata["scene"]])
     for image, description in zip(doc.images(), described, strict=True):
@@ -413,3 +447,32 @@ def test_geneval_position_rule_follows_boxes():
                       {"shape": "circle", "count": 1, "position": ["left of", 0]}]}
   assert geneval.satisfied(spec, [left, right])
   assert not geneval.satisfied(spec, [shapes.Obj("circle", "red", "small", 0.9, 0.2), right])
+
+
+def test_interleaved_consistency_judges_each_image_against_the_sentence_before_it():
+  from unimodal_jax.eval import interleaved_consistency as ic
+  scene = shapes.Scene((shapes.Obj("circle", "red", "large", 0.3, 0.3),
+                        shapes.Obj("square", "blue", "small", 0.7, 0.7)), 64)
+  recolored = shapes.Scene((dataclasses.replace(scene.objects[0], color="green"),
+                            scene.objects[1]), 64)
+  image = lambda s: documents.Segment.of_image(shapes.encode_png(shapes.render(s)))
+  text = documents.Segment.of_text
+  prompt = text("This picture shows a red circle and a blue square.")
+  right = [prompt, image(scene), text("Now, make the red circle green."), image(recolored)]
+  assert [v["consistent"] for v in ic.judge_document(right, scene)] == [True, True]
+  assert [v["reason"] for v in ic.judge_document(right, scene)] == ["prompt", "recolor"]
+  # the edit applies to what the first image shows: drawn wrong, the second is judged from it
+  wrong_first = [prompt, image(recolored), text("Now, make the red circle green."),
+                 image(recolored)]
+  verdicts = ic.judge_document(wrong_first, scene)
+  assert [v["consistent"] for v in verdicts] == [False, False]
+  assert verdicts[1]["reason"] == "names no single object"
+  garbled = [prompt, text("circle circle"), image(scene)]
+  assert ic.judge_document(garbled, scene) == [
+      {"consistent": False, "reason": "unreadable", "follows": "circle circle"}]
+  summary = ic.summarize([ic.judge_document(right, scene), ic.judge_document(garbled, scene), []],
+                         reference_images=2)
+  assert summary["consistency"] == pytest.approx(2 / 3) and summary["images"] == 3
+  assert summary["documents_without_images"] == 1
+  assert summary["images_per_document"] == pytest.approx(1.0)
+  assert summary["following"] == {"prompt": 1, "recolor": 1, "unreadable": 1}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,8 @@ class SamplingConfig:
   top_p: float = 1.0  # 1.0: off
   stop_tokens: tuple = ()  # a row stops after emitting one of these
   pad_id: int = 0  # written after a row stopped
+  # > 0: only ids below it (the text vocabulary) and the stop tokens can be sampled
+  vocab_limit: int = 0
 
   def __post_init__(self):
     if self.max_new_tokens <= 0:
@@ -153,6 +156,9 @@ def generate_text(model, params, prompt, prompt_mask, rng, config: SamplingConfi
   def body(carry):
     i, logits, cache, pos, done, out, rng = carry
     rng, key = jax.random.split(rng)
+    if config.vocab_limit:
+      ids = jnp.arange(logits.shape[-1])
+      logits = jnp.where((ids < config.vocab_limit) | jnp.isin(ids, stops), logits, -jnp.inf)
     tok = sample_token(logits, key, config.temperature, config.top_k, config.top_p)
     tok = jnp.where(done, config.pad_id, tok)
     out = out.at[:, i].set(tok)
@@ -244,6 +250,122 @@ def generate_dream_image(model, params, prompt, prompt_mask, rng, *, guidance=7.
   return model.apply({"params": params}, samples, method="decode_dream_samples")
 
 
+# ----------------------------------------------------------------------------- documents
+
+@dataclasses.dataclass
+class GeneratedDocument:
+  """What generate_document returns for one prompt."""
+  segments: list  # data/documents.Segment, in reading order: the prompt, text, images (PNG)
+  stop: str  # why it ended: "eos", "max_new_tokens", "max_images" or "context"
+  tokens: list  # the whole sequence, laid out as the formatter lays out interleaved documents
+  views: list  # the images read, in order (uint8 [S, S, 3]), at the tokens' <image_patch> slots
+  codes: list  # ILLUME: each placed image's codes, as written in `tokens` (DreamLLM: none)
+
+
+def generate_document(model, params, formatter, draw, prompts, *, seed: int = 0,
+                      max_images: int = 4, max_new_tokens: int = 128, temperature: float = 1.0,
+                      top_k: int = 0, top_p: float = 1.0, round_tokens: int = 32, log=None):
+  """Free-form interleaved documents (DreamLLM's interleaved generation), one per prompt.
+
+  Text is sampled until the model emits the token that places an image (<dream_start> for a
+  DreamLLM, <image_start> for ILLUME), end-of-sequence, or a limit. Where it placed one, `draw`
+  (pipeline/evaluate.py's DreamDrawer or CodeDrawer) draws the image from the document so far,
+  with classifier-free guidance against the empty prompt; the image is laid out as in training
+  (formatter.placed_image: DreamLLM's dream block, or ILLUME's written codes, then the image
+  read through the encoder), so the text after it reads it; then the text goes on. Batched:
+  each round the unfinished documents write text together, then those that placed an image
+  draw together. Text sampling may emit only text, end-of-sequence and the image token.
+
+  An image beyond `max_images`, or one that no longer fits the model's context (or the
+  formatter's views per sequence), ends its document there ("max_images", "context");
+  `max_new_tokens` counts text tokens. Returns [GeneratedDocument]."""
+  import numpy as np
+  from unimodal_jax.data.documents import Document, Segment
+  from unimodal_jax.data.formatting import Skip
+  from unimodal_jax.data.worlds.shapes import encode_png
+  v, fcfg = formatter.vocab, formatter.config
+  place = v.dream_start if fcfg.dream_queries else v.image_start
+  cfg = model.config.llm if hasattr(model.config, "llm") else model.config
+  context, size = int(cfg.max_seq_len), int(fcfg.image_size)
+  rng = jax.random.key(seed)
+
+  class State:
+    def __init__(self, prompt):
+      ex = formatter(Document("prompt", "interleaved", [Segment.of_text(prompt)]))
+      self.tokens = [int(t) for t in ex["inputs"]]  # BOS + prompt (the final EOS cut)
+      self.views = list(ex["images"])
+      self.segments, self.text, self.written, self.images = [Segment.of_text(prompt)], [], 0, 0
+      self.stop, self.wants_image, self.codes = None, False, []
+
+    def end_text(self):
+      if self.text:
+        self.segments.append(Segment.of_text(formatter.sp.decode(self.text)))
+        self.text = []
+
+  docs = [State(p) for p in prompts]
+  text_config = SamplingConfig(max_new_tokens=round_tokens, temperature=temperature, top_k=top_k,
+                               top_p=top_p, stop_tokens=(v.eos_id, place), pad_id=v.eos_id,
+                               vocab_limit=v.text_size)
+  for step in itertools.count():
+    active = [d for d in docs if d.stop is None]
+    if not active:
+      break
+    for i in range(0, len(active), draw.batch):  # text until an image, the end, or round_tokens
+      batch = active[i:i + draw.batch]
+      longest = max(len(d.tokens) for d in batch)
+      tokens, mask = left_pad([d.tokens for d in batch], v.pad_id, -(-longest // 32) * 32)
+      images = np.zeros((len(batch), max(1, fcfg.max_images), size, size, 3), np.uint8)
+      for j, d in enumerate(batch):
+        if d.views:
+          images[j, :len(d.views)] = d.views
+      out = np.asarray(generate_text(model, params, jnp.asarray(tokens), jnp.asarray(mask),
+                                     jax.random.fold_in(rng, 2 * step), text_config,
+                                     images=jnp.asarray(images)))
+      for d, row in zip(batch, out.tolist()):
+        cut = next((k for k, t in enumerate(row) if t in (v.eos_id, place)), None)
+        new = row if cut is None else row[:cut]
+        room = max(0, min(max_new_tokens - d.written, context - len(d.tokens)))
+        d.tokens += new[:room]
+        d.text += new[:room]
+        d.written += len(new[:room])
+        if len(new) > room:
+          d.stop = "max_new_tokens" if d.written >= max_new_tokens else "context"
+        elif cut is not None and row[cut] == v.eos_id:
+          d.stop = "eos"
+        elif cut is not None:
+          d.wants_image = d.images < max_images
+          d.stop = None if d.wants_image else "max_images"
+    drawing = [d for d in docs if d.wants_image]
+    if drawing:
+      conds = [(d.tokens, np.asarray(d.views).reshape((-1, size, size, 3))) for d in drawing]
+      empty = ([v.bos_id], np.zeros((0, size, size, 3), np.uint8))
+      pixels, codes = draw.drawn(conds, [empty] * len(drawing), seed + 2 * step + 1)
+      for j, d in enumerate(drawing):
+        d.wants_image = False
+        png = encode_png(np.asarray(pixels[j]))
+        try:
+          ids, read = formatter.placed_image(png, None if codes is None else codes[j])
+        except Skip:
+          ids, read = None, None
+        if (ids is None or len(d.tokens) + len(ids) > context
+            or len(d.views) + len(read) > fcfg.max_images):  # views read per sequence
+          d.stop = "context"
+          continue
+        d.end_text()
+        d.tokens += ids
+        d.views += read
+        d.segments.append(Segment.of_image(png))
+        d.images += 1
+        if codes is not None:
+          d.codes.append([int(c) for c in codes[j]])
+    if log:
+      log(f"document round {step + 1}: {len(active)} writing, {len(drawing)} images drawn, "
+          f"{sum(d.stop is not None for d in docs)}/{len(docs)} done")
+  for d in docs:
+    d.end_text()
+  return [GeneratedDocument(d.segments, d.stop, d.tokens, d.views, d.codes) for d in docs]
+
+
 def left_pad(sequences, pad_id: int = 0, length: int | None = None):
   """Python lists of ids -> (tokens [B, L], mask [B, L]) left-padded numpy arrays."""
   import numpy as np
@@ -261,4 +383,4 @@ def left_pad(sequences, pad_id: int = 0, length: int | None = None):
 
 __all__ = ["SamplingConfig", "restrict_to_range", "guided_logits", "filter_logits",
            "sample_token", "prefill", "decode_step", "generate_text", "generate_image",
-           "generate_dream_image", "left_pad"]
+           "generate_dream_image", "generate_document", "GeneratedDocument", "left_pad"]

@@ -5,6 +5,7 @@
     images = model.generate_image(["a photo of two red circles"])   # PIL images
     model.answer(images, ["How many circles are there?"])           # ["two"]
     model.edit(images, ["make the circle on the left blue"])        # ILLUME's job only
+    docs = model.generate_document(["This picture shows a red circle."])  # text and images
 
 Every setting comes from the config the job saved (DIR/config.json): the sampling of its
 evaluation (ILLUME: code temperature, top-k, guidance, pixel-decoder steps; DreamLLM: U-Net steps
@@ -176,6 +177,22 @@ class TrainedModel:
         for i, p in enumerate(prompts)]
     self._check_length(cut, self._output_tokens(), "prompt")
     return self._to_pil(evaluate.draw_prompts(draw, self.formatter, prompts, seed))
+
+  def generate_document(self, prompts, seed: int = 0, max_images: int = 4,
+                        max_new_tokens: int = 96, temperature: float = 0.0, log=None) -> list:
+    """An interleaved document for each text prompt: the model writes text (greedy unless
+    `temperature` > 0, as the evaluation writes it) and places images where it chooses
+    (sampling.generate_document). Returns [sampling.GeneratedDocument]: its `segments` (text,
+    and images as PNG bytes) and why it stopped."""
+    from unimodal_jax import sampling
+    prompts = self._texts(prompts, "prompt")
+    for i, p in enumerate(prompts):
+      n = len(self.sp.encode(p)) + 1
+      if n >= self.context:
+        raise ValueError(f"prompt {i} takes {n} tokens: the model's context is {self.context}")
+    return sampling.generate_document(
+        self.model, self.params, self.formatter, self._drawer(), prompts, seed=seed,
+        max_images=max_images, max_new_tokens=max_new_tokens, temperature=temperature, log=log)
 
   def answer(self, images, questions, max_new_tokens: int = 32) -> list[str]:
     """The model's greedy answer to each question about its image."""

@@ -15,11 +15,14 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               code runs creation-only and comprehension-only separately and merges the parts;
               their trainable parts are disjoint, so one run with both losses is the same
   stage2      everything but the encoder and the U-Net, LM / diffusion weights 1 / 10, on pairs
-              both ways and questions
-  stage3      the same parts on questions, GenEval-style prompts and pairs
+              both ways, questions and two-picture stories (interleaved generative
+              pretraining: the model learns where <dream_start> goes)
+  stage3      the same parts on questions, GenEval-style prompts, pairs and a few stories
   eval        the scores of ILLUME's job on held-out scenes and prompts (POPE-style, VQA,
-              GenEval-style by the judge), drawn through the queries and the frozen U-Net; and the
-              diffusion decoder's own GenEval-style score from CLIP text (its ceiling here)
+              GenEval-style by the judge), drawn through the queries and the frozen U-Net; the
+              diffusion decoder's own GenEval-style score from CLIP text (its ceiling here); and
+              interleaved consistency: documents written from held-out stories' first
+              sentences, each placed image judged against the sentence before it
 `:micro` runs every phase in seconds (for tests; its figures mean nothing).
 """
 
@@ -123,7 +126,7 @@ def get_config(arg=None):
   n = (lambda full: 40) if micro else (lambda full: full)
   c.data = dict(image_size=size, train_seed=0, eval_seed=1, counts=dict(
       caption=n(6000), text_to_image=n(6000), geneval=n(8000), conversation=n(9000),
-      dialogue=n(6000)))
+      dialogue=n(6000), story=n(4000)))
 
   c.seed = 0  # shifts every stage's seed
   joint = {"lm_loss_weight": 1.0, "diffusion_loss_weight": 1.0}
@@ -137,14 +140,24 @@ def get_config(arg=None):
                        _groups(("1", "1_comprehension"), 3e-3), joint,
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0},
                        5 if micro else 10, 1),
+      # Stage II is DreamLLM's interleaved generative pretraining: stories (a scene's sentence,
+      # its picture, an edit's sentence, the edited picture), where the model learns where
+      # <dream_start> goes and draws each picture, then reads it; a quarter of that in stage 3
+      # keeps the model writing them. Stage seed 0, 2026-11-29 (docs/results.md), stories
+      # here / in stage 3: 0.5 / 0.25 gave interleaved consistency 0.212 (2.0 pictures per
+      # document, as the stories) and GenEval-style 0.117 (0.158 without stories); 0.5 / 0:
+      # 0.200 but 1.0 picture per document (the sentence after it garbled), GenEval-style
+      # 0.142; 1.0 / 0.5: 0.150, GenEval-style 0.075.
       "stage2": _stage(20 if micro else 360, 8 if micro else 32, _groups(("2",), 2e-3),
                        stages.loss_weights(2),
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
-                        "conversation": 1.0, "dialogue": 2.0}, 5 if micro else 30, 2),
+                        "conversation": 1.0, "dialogue": 2.0, "story": 0.5},
+                       5 if micro else 30, 2),
       "stage3": _stage(20 if micro else 280, 8 if micro else 32, _groups(("3",), 1e-3),
                        stages.loss_weights(3),
                        {"conversation": 1.0, "dialogue": 2.0, "geneval": 1.5,
-                        "text_to_image": 0.5, "caption": 0.5}, 5 if micro else 30, 3),
+                        "text_to_image": 0.5, "caption": 0.5, "story": 0.25},
+                       5 if micro else 30, 3),
   }
   c.stage_defaults = dict(
       llm=dict(rope_theta=10000.0, rms_norm_eps=1e-6, param_dtype="float32", dtype="float32",
@@ -159,5 +172,8 @@ def get_config(arg=None):
                      eps=1e-8, weight_decay=0.0, clip_grad_norm=1.0))
   c.eval = dict(pope_per_style=6 if micro else 100, vqa_per_kind=6 if micro else 100,
                 geneval_per_category=2 if micro else 20, guidance=3.0,
-                steps=10 if micro else 50, batch=32, samples=8)
+                steps=10 if micro else 50, batch=32, samples=8,
+                # documents written from held-out stories' first sentences, each image placed
+                # by the model judged against the sentence before it
+                interleaved_documents=4 if micro else 40)
   return c

@@ -12,8 +12,10 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               into codes (ArrayRecord shards in DIR/data)
   stage1..3   ILLUME Table 5 with tiny learning rates: stage 1 trains the adapter and the image
               codes' embedding/head (LLM and encoder frozen) on captions + image reconstruction;
-              stage 2 adds the LLM on captions, text-to-image and questions; stage 3 trains
-              everything (encoder included) on questions, GenEval-style prompts and edits.
+              stage 2 adds the LLM on captions, text-to-image, questions and two-picture
+              stories (each picture placed by the model, written as codes, then read); stage 3
+              trains everything (encoder included) on questions, GenEval-style prompts, edits
+              and stories.
               Questions come one per image ("conversation", the format POPE asks in) and up to
               six per image ("dialogue"): with dialogues, POPE-style accuracy went from 0.52 to
               0.65 at the same number of steps (0.69 after the tokenizer's first-update
@@ -25,8 +27,10 @@ Phases (each saved as it finishes; a rerun after a kill resumes at the first unf
               a wrong one). Off by default (it lowered both scores here, docs/results.md);
               --config.self_assessment.enabled=True runs it
   eval        held-out scenes: POPE-style existence accuracy per split, counting/color/position
-              VQA accuracy, GenEval-style generation scores by the judge, edit success, and the
-              model's assessment of its own held-out drawings against the judge's; writes
+              VQA accuracy, GenEval-style generation scores by the judge, edit success, the
+              model's assessment of its own held-out drawings against the judge's, and
+              interleaved consistency (documents written from held-out stories' first
+              sentences, each placed image judged against the sentence before it); writes
               DIR/results.md, DIR/results.json and DIR/samples.png
 `:micro` runs every phase in a few seconds each (for tests; its figures mean nothing).
 """
@@ -95,11 +99,12 @@ def get_config(arg=None):
   # letter, which left the tiny LLM to assemble words before it could bind them to the image.
   c.text_model_type = "bpe"
   c.text_vocab_size = 512
-  # Rows of 160 packed tokens. An image read takes 16 slots, one written 64 codes: an edit (one
-  # of each) takes up to ~97 tokens, a dialogue (an image and up to 6 questions) ~98, a caption
-  # ~28; with 64 slots they took 145, 146 and 76.
-  c.seq_len = 160
-  c.format = dict(image_size=size, max_images=4 if micro else 6, text_dropout=0.1)
+  # Rows of 208 packed tokens. An image read takes 16 slots, one written 64 codes: a story (two
+  # pictures, each written and read, data/formatting.py) takes up to ~205 tokens, an edit (one
+  # of each) ~97, a dialogue (an image and up to 6 questions) ~98, a caption ~28. The stages'
+  # batches of 25 rows hold as many tokens as the 32 rows of 160 before stories came.
+  c.seq_len = 208
+  c.format = dict(image_size=size, max_images=4 if micro else 8, text_dropout=0.1)
 
   # Documents per task (train seed 0; held-out seed 1 for evaluation).
   n = (lambda full: 40) if micro else (lambda full: full)
@@ -110,7 +115,7 @@ def get_config(arg=None):
   c.data = dict(image_size=size, train_seed=0, eval_seed=1, canonical_background=True,
                 counts=dict(caption=n(6000), reconstruction=n(3000), text_to_image=n(6000),
                             geneval=n(8000), conversation=n(9000), dialogue=n(6000),
-                            edit=n(4000)))
+                            edit=n(4000), story=n(3000)))
 
   c.seed = 0  # shifts every stage's seed: --config.seed=1 is a second seed of the stages
   # Tiny learning rates, far above Table 5's (a 1.8M-parameter LLM, 950 steps). Stages 2 / 3 at
@@ -120,19 +125,21 @@ def get_config(arg=None):
   # 4e-3 lost the image on one seed of three (POPE-style 0.55); at temperature 1.6 it drew
   # better (0.350 against 0.316): kept at 2e-3 for the steadier understanding.
   c.stages = {
-      "stage1": _stage(1, 20 if micro else 100, 8 if micro else 32,
+      "stage1": _stage(1, 20 if micro else 100, 8 if micro else 25,
                        {"adapter": 3e-3, "vision_embed_head": 3e-3},
                        {"caption": 1.0, "reconstruction": 1.0}, 5 if micro else 20),
-      "stage2": _stage(2, 20 if micro else 500, 8 if micro else 32,
+      # Stories (free-form interleaved documents: the model places each picture, writes it and
+      # reads it back) in stages 2 and 3, as DreamLLM's interleaved generative pretraining.
+      "stage2": _stage(2, 20 if micro else 500, 8 if micro else 25,
                        {"adapter": 2e-3, "llm": 2e-3, "vision_embed_head": 2e-3},
                        {"caption": 1.0, "text_to_image": 1.0, "geneval": 1.0,
-                        "conversation": 1.0, "dialogue": 2.0, "reconstruction": 0.5},
-                       5 if micro else 50),
-      "stage3": _stage(3, 20 if micro else 350, 8 if micro else 32,
+                        "conversation": 1.0, "dialogue": 2.0, "reconstruction": 0.5,
+                        "story": 0.5}, 5 if micro else 50),
+      "stage3": _stage(3, 20 if micro else 350, 8 if micro else 25,
                        {"vision_encoder": 1e-4, "llm": 2e-3, "adapter": 2e-3,
                         "vision_embed_head": 2e-3},
                        {"conversation": 1.0, "dialogue": 2.0, "geneval": 1.5, "text_to_image": 0.5,
-                        "edit": 1.0, "caption": 0.5}, 5 if micro else 30),
+                        "edit": 1.0, "caption": 0.5, "story": 0.5}, 5 if micro else 30),
   }
   # ILLUME's self-enhancing alignment (alignment/self_assessment.py), a phase between stages 2
   # and 3 when enabled: the stage-2 model draws for per_category GenEval-style prompts of each
@@ -178,5 +185,8 @@ def get_config(arg=None):
                 # > 1: also draw this many images per prompt and score the one the model's own
                 # assessment calls right (for a model trained with self-assessment; reported
                 # beside the one-draw score as generation.self_assessed)
-                self_assessed_draws=1)
+                self_assessed_draws=1,
+                # documents written from held-out stories' first sentences, each image placed
+                # by the model judged against the sentence before it
+                interleaved_documents=4 if micro else 50)
   return c

@@ -20,7 +20,11 @@ Every task becomes one token sequence in the unified vocabulary (vocab.py):
       conversation   BOS system USER: ... ASSISTANT: answer* EOS* USER: ...
       edit           as conversation: the user's image is read, the assistant's image written
                      (the instruction dropped with p=text_dropout, for CFG)
-      interleaved    BOS text* [image] text* ... EOS*           (images read, text learned)
+      interleaved    BOS text* [image] text* ... EOS*           (images read, text learned;
+                                                                 ILLUME: an image_tokens segment
+                                                                 before an image writes it first,
+                                                                 [image*] [image], DreamLLM: each
+                                                                 image dreamed, then read)
 The example holds inputs = sequence[:-1], targets = sequence[1:], so packing several examples in
 one row never predicts across their boundary.
 """
@@ -195,10 +199,22 @@ class Formatter:
     for seg in doc.segments:
       if seg.type == "text":
         self._text(seq, seg.text, target=True)
+      elif seg.type == "image_tokens":  # ILLUME writes an image in place: its codes are targets
+        self._write_image(seq, seg, where)
       else:
         if self.config.dream_queries:  # DreamLLM draws each image, then reads the real one
           self._dream_image(seq, seg, where)
         self._read_image(seq, seg, where)
+
+  def placed_image(self, image: bytes, codes=None, where: str = "placed image"):
+    """(token ids, views read) of an image a model placed in an interleaved document, laid out
+    as `_interleaved` lays out training documents: DreamLLM's <dream_start> block, or ILLUME's
+    written `codes`, then the image read. Raises Skip as the formatter does."""
+    segments = ([] if codes is None else [documents.Segment.of_image_tokens(codes)]) + [
+        documents.Segment.of_image(image)]
+    seq = _Sequence()
+    self._interleaved(documents.Document(where, "interleaved", segments), seq, None, where)
+    return seq.tokens, seq.images
 
   def __call__(self, doc: documents.Document, rng=None, where: str = "") -> dict:
     task = {"caption": self._caption, "text_to_image": self._text_to_image,

@@ -143,7 +143,7 @@ def trained(config, stage_dir, model_cfg, sp):
 def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: dict, log) -> dict:
   """POPE-style, VQA and GenEval-style scores, the same as ILLUME's job (pipeline/evaluate.py),
   drawn through the dream queries and the frozen U-Net; results.md, results.json, samples.png."""
-  from unimodal_jax.pipeline import evaluate as evaluate_lib, report
+  from unimodal_jax.pipeline import evaluate as evaluate_lib, recipe, report
   from unimodal_jax.train import results as results_lib
   e = config.eval
   model, params, formatter, model_config = trained(config, stage_dir, model_cfg, sp)
@@ -164,10 +164,14 @@ def evaluate(config, workdir, stage_dir, model_cfg, sp, parts: Parts, phases: di
   # what the queries can make it draw, as the tokenizer's is for ILLUME.
   gen["decoder_ceiling"] = (phases.get("parts", {}).get("figures", {}).get("geneval") or {})
   t_gen = time.time() - t
+  t = time.time()
+  doc = recipe.interleaved_eval(e, model, params, formatter, draw, seed, bench, log)
+  t_doc = time.time() - t
   results = {
       "model_kind": "dreamllm",
       "understanding": und, "generation": gen,
-      "eval_seconds": {"understanding": t_und, "generation": t_gen},
+      **({"interleaved": doc} if doc else {}),
+      "eval_seconds": {"understanding": t_und, "generation": t_gen, "interleaved": t_doc},
       "phase_seconds": {k: v["seconds"] for k, v in phases.items()},
       "model": {"num_params": model_config.num_params(),
                 "num_dream_queries": model_config.num_dream_queries,

@@ -244,11 +244,17 @@ class CodeDrawer:
       out.append(sharding.gather_rows(codes)[:len(idx)])
     return np.concatenate(out)
 
+  def drawn(self, conds, unconds, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, their codes) for prompts (token lists ending before the image, with their
+    images)."""
+    s = self.s
+    codes = self.codes(conds, unconds, seed)
+    return self.codec.detokenize(codes, jax.random.key(seed + 1), steps=s.pixel_steps,
+                                 guidance=s.pixel_guidance, mesh=self.mesh), codes
+
   def __call__(self, conds, unconds, seed: int) -> np.ndarray:
     """uint8 images for prompts (token lists ending before the image, with their images)."""
-    s = self.s
-    return self.codec.detokenize(self.codes(conds, unconds, seed), jax.random.key(seed + 1),
-                                 steps=s.pixel_steps, guidance=s.pixel_guidance, mesh=self.mesh)
+    return self.drawn(conds, unconds, seed)[0]
 
 
 class DreamDrawer:
@@ -265,6 +271,10 @@ class DreamDrawer:
 
   def placeholder(self, role: str = "") -> Segment:
     return Segment.of_image(self._blank, role=role)
+
+  def drawn(self, conds, unconds, seed: int) -> tuple[np.ndarray, None]:
+    """(uint8 images, None): DreamLLM draws pixels, no codes."""
+    return self(conds, unconds, seed), None
 
   def __call__(self, conds, unconds, seed: int) -> np.ndarray:
     v = self.formatter.vocab
@@ -413,6 +423,41 @@ def editing(draw, formatter, seed: int, count: int, log=print) -> tuple[dict, li
   return result, [d.metadata["instruction"] for d in docs], np.stack([sources, images], 1)
 
 
+# ----------------------------------------------------------------------------- interleaved
+
+def interleaved(model, params, formatter, draw, seed: int, count: int, max_images: int = 4,
+                max_new_tokens: int = 48, log=print, out_dir: str | None = None) -> dict:
+  """Interleaved consistency (eval/interleaved_consistency.py) of the documents the model writes
+  from the first sentences of `count` held-out stories (the (seed, "story") stream): text
+  greedy, each image drawn by `draw` where the model places it. With `out_dir`, the first three
+  documents as pages (document.html, document.json and PNGs, as python -m unimodal_jax.generate
+  writes them)."""
+  from unimodal_jax import generate
+  from unimodal_jax.eval import interleaved_consistency
+  stories = [shapes.make_document(seed, i, "story", size=formatter.config.image_size)
+             for i in range(count)]
+  docs = sampling.generate_document(model, params, formatter, draw,
+                                    [d.segments[0].text for d in stories], seed=seed,
+                                    max_images=max_images, max_new_tokens=max_new_tokens,
+                                    temperature=0.0)
+  verdicts = [interleaved_consistency.judge_document(
+      doc.segments, shapes.scene_from_description(story.metadata["scenes"][0]))
+      for doc, story in zip(docs, stories)]
+  summary = interleaved_consistency.summarize(verdicts, len(stories[0].metadata["scenes"]))
+  summary["stops"] = dict(collections.Counter(d.stop for d in docs))
+  for i, doc in enumerate(docs[:3] if out_dir else []):
+    generate.write(os.path.join(out_dir, f"{i:02d}"), f"Held-out story {i}", doc.segments,
+                   ["prompt"] + ["model"] * (len(doc.segments) - 1),
+                   {"task": "document", "prompt": doc.segments[0].text,
+                    "model": type(model).__name__, "stop": doc.stop,
+                    "settings": {"seed": seed, "temperature": 0.0, "max_images": max_images},
+                    "verdicts": verdicts[i]})
+  log(f"eval: interleaved consistency {summary['consistency']:.3f} of {summary['images']} "
+      f"images in {len(docs)} documents ({summary['images_per_document']:.2f} per document; "
+      f"the stories have {summary['reference_images_per_document']:.0f})")
+  return summary
+
+
 __all__ = ["prompt_of", "decode_answer", "answer_prompt", "padded", "answer_texts", "understanding", "draw_prompts", "generation",
            "generation_ceiling", "first_logits", "count_word_pieces", "counting_reads", "draw_edits", "editing",
-           "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer"]
+           "geneval_scores", "ImageSampling", "CodeDrawer", "DreamDrawer", "interleaved"]

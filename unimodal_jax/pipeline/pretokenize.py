@@ -8,6 +8,9 @@ codes by the trained tokenizer ("pre-tokenized data"), one shard directory per t
     conversation    POPE-style / counting / color / position questions      no codes needed
     dialogue        up to six such questions about one image                no codes needed
     edit            image + instruction -> codes of the edited scene
+    story           interleaved: a scene's sentence, its picture, an edit's sentence, the
+                    edited picture; each picture written as codes, then read (ILLUME's layout
+                    of an image placed in a document, data/formatting.py)
 
 Images the model *reads* stay pixels: the ILLUME model encodes them itself (its encoder trains in
 stage 3). DreamLLM's job writes the same tasks with every image as pixels (tokenize=None). A task directory is written to a temporary name and renamed when complete, so a killed
@@ -26,7 +29,7 @@ from unimodal_jax.data.documents import Document, Segment
 from unimodal_jax.data import worlds
 
 TASKS = ("caption", "reconstruction", "text_to_image", "geneval", "conversation", "dialogue",
-         "edit")
+         "edit", "story")
 _CHUNK = 512  # documents tokenized per batch
 
 
@@ -56,6 +59,8 @@ def tokenized_documents(task: str, seed: int, start: int, count: int, size: int,
     return docs
   if task == "reconstruction":
     pixels = [d.segments[0].image for d in docs]
+  elif task == "story":
+    return _written_in_place(docs, size, tokenize)
   else:
     written = [_written_image(d) for d in docs]
     if all(w is None for w in written):
@@ -74,6 +79,20 @@ def tokenized_documents(task: str, seed: int, start: int, count: int, size: int,
       segs = list(d.segments)
       segs[w] = Segment.of_image_tokens(c, role=segs[w].role)
       out.append(Document(d.id, d.task, segs, d.metadata).validate())
+  return out
+
+
+def _written_in_place(docs: list[Document], size: int, tokenize) -> list[Document]:
+  """Interleaved documents with each image preceded by its codes: written, then read."""
+  pixels = [images_lib.decode_resize(seg.image, size, where=d.id)
+            for d in docs for seg in d.segments if seg.type == "image"]
+  codes = iter(tokenize(np.stack(pixels)))
+  out = []
+  for d in docs:
+    segs = []
+    for seg in d.segments:
+      segs += [Segment.of_image_tokens(next(codes)), seg] if seg.type == "image" else [seg]
+    out.append(Document(d.id, d.task, segs, d.metadata).validate())
   return out
 
 

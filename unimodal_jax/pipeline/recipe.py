@@ -106,7 +106,9 @@ def _texts_for_tokenizer(config):
   from unimodal_jax.data.worlds import geneval, shapes
   size = int(config.data.image_size)
   texts = []
-  for task in ("caption", "conversation", "edit"):
+  # stories only where the job trains on them (an older workdir's tokenizer stays the same)
+  story = ("story",) if "story" in config.data.counts else ()
+  for task in ("caption", "conversation", "edit") + story:
     for i in range(1500):
       doc = shapes.make_document(0, i, task, size=size)
       texts += [s.text for s in doc.segments if s.type == "text" and s.text]
@@ -510,11 +512,15 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   edit, instructions, edit_images = evaluate.editing(draw, formatter, seed, int(e.edits),
                                                      log=log)
   t_edit = time.time() - t
+  t = time.time()
+  doc = interleaved_eval(e, model, params, formatter, draw, seed, bench, log)
+  t_doc = time.time() - t
   phases = _load_phases(workdir)
   results = {
       "understanding": und, "generation": gen, "editing": edit, "self_assessment": assessed,
+      **({"interleaved": doc} if doc else {}),
       "eval_seconds": {"understanding": t_und, "generation": t_gen, "editing": t_edit,
-                       "self_assessment": t_assess},
+                       "self_assessment": t_assess, "interleaved": t_doc},
       "phase_seconds": {k: v["seconds"] for k, v in phases.items()},
       "tokenizer": phases.get("tokenizer", {}).get("figures", {}).get("semantic_tokenizer"),
       "model": {"num_params": model_config.num_params(),
@@ -532,6 +538,17 @@ def _evaluate(config, workdir, stage_dir, model_cfg, sp, codec, log) -> dict:
   return results
 
 
+def interleaved_eval(e, model, params, formatter, draw, seed, bench, log) -> dict | None:
+  """Interleaved consistency of eval.interleaved_documents held-out stories (None: off, as in
+  workdirs of configs without the key)."""
+  from unimodal_jax.pipeline import evaluate
+  count = int(e.get("interleaved_documents", 0))
+  if not count:
+    return None
+  return evaluate.interleaved(model, params, formatter, draw, seed, count, log=log,
+                              out_dir=os.path.join(bench, "interleaved"))
+
+
 __all__ = ["PHASES", "CONFIG_FILE", "Progress", "run", "stage_config", "model_dict",
            "self_assessment_drawings", "finished_illume", "load_codec", "trained_illume",
-           "image_sampling", "save_config", "read_config"]
+           "image_sampling", "save_config", "read_config", "interleaved_eval"]

@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # The issue's bars for the tiny main job (POPE-style accuracy, GenEval-style overall).
-TARGETS = {"pope_overall": 0.85, "generation_overall": 0.6}
+TARGETS = {"pope_overall": 0.85, "generation_overall": 0.6, "interleaved_consistency": 0.6}
 
 
 def _row(name, value, target=None):
@@ -74,6 +74,20 @@ def write_markdown(path: str, results: dict) -> None:
     for k, v in edit.items():
       if isinstance(v, float):
         lines.append(_row(k, v))
+  doc = results.get("interleaved")
+  if doc:  # documents the model wrote from held-out stories' first sentences
+    lines += ["", "## Interleaved documents (images placed by the model, judged against the "
+              "sentence before each)", "",
+              f"{doc['documents']} documents from held-out stories' first sentences, text "
+              f"greedy: {doc['images_per_document']:.2f} images per document (the stories have "
+              f"{doc['reference_images_per_document']:.0f}), "
+              f"{doc['documents_without_images']} documents without one. Pages: "
+              f"`{BENCHMARKS}/interleaved/`.", "",
+              "| images following | images | consistent |", "|---|---|---|"]
+    lines += [f"| {k} | {n} | {doc['consistency_following'][k]:.3f} |"
+              for k, n in doc["following"].items()]
+    lines.append(_row("interleaved consistency", doc["consistency"],
+                      TARGETS["interleaved_consistency"]))
   assessed = results.get("self_assessment")
   if assessed:  # ILLUME: the model's assessment of its own held-out drawings against the judge's
     lines += ["", "## Self-assessment (the model judges its own drawings)", "",

@@ -59,7 +59,12 @@ EDIT_KINDS = ("recolor", "move", "add", "remove")
 POPE_STYLES = ("random", "popular", "adversarial")
 QUESTION_TYPES = ("existence", "counting", "color", "position")
 # New tasks go at the end: a task's position seeds its documents' generators.
-DOCUMENT_TASKS = ("caption", "text_to_image", "conversation", "edit", "interleaved", "dialogue")
+DOCUMENT_TASKS = ("caption", "text_to_image", "conversation", "edit", "interleaved", "dialogue",
+                  "story")
+STORY_CONNECTIVES = ("Now", "Then", "Next", "After that")
+# Words that name one of several look-alikes by position, and the key it is least along.
+_EXTREMES = {"leftmost": lambda o: o.x, "rightmost": lambda o: -o.x, "topmost": lambda o: o.y,
+             "bottommost": lambda o: -o.y}
 
 
 class EditError(ValueError):
@@ -356,8 +361,7 @@ def referring_expression(scene: Scene, index: int) -> str | None:
   for group, words in ((same, (obj.color, obj.shape)),
                        (same_size, (obj.size, obj.color, obj.shape))):
     others = [o for o in group if o is not obj]
-    for word, key in (("leftmost", lambda o: o.x), ("rightmost", lambda o: -o.x),
-                      ("topmost", lambda o: o.y), ("bottommost", lambda o: -o.y)):
+    for word, key in _EXTREMES.items():
       if all(key(o) - key(obj) > RELATION_MARGIN for o in others):
         return " ".join((word, *words))
   return None
@@ -597,16 +601,97 @@ def _shuffled_kinds(rng: np.random.Generator) -> list[str]:
   return [EDIT_KINDS[i] for i in rng.permutation(len(EDIT_KINDS))]
 
 
+def story_opening(scene: Scene, rng: np.random.Generator) -> str:
+  """A story's first sentence: the whole scene (every object, counts spelled out)."""
+  return f"This picture shows {captions(scene, rng)[0]}."
+
+
 def edit_story(rng: np.random.Generator, steps: int = 3, size: int = 64
                ) -> list[tuple[str, Scene]]:
   """A scene, then `steps` edits of it: [(text, scene)] where each text leads to its picture."""
   scene = sample_scene(rng, size, 1, 3)
-  story = [(f"This picture shows {captions(scene, rng)[0]}.", scene)]
-  connectives = ("Now", "Then", "Next", "After that")
+  story = [(story_opening(scene, rng), scene)]
   for step in range(steps):
     scene, instruction, _ = edit_any(scene, rng, _shuffled_kinds(rng))
-    story.append((f"{connectives[min(step, len(connectives) - 1)]}, {instruction}.", scene))
+    connective = STORY_CONNECTIVES[min(step, len(STORY_CONNECTIVES) - 1)]
+    story.append((f"{connective}, {instruction}.", scene))
   return story
+
+
+_DIRECTIONS = {"to the left": "left", "to the right": "right", "up": "up", "down": "down"}
+
+
+def read_instruction(text: str) -> dict | None:
+  """The edit an instruction of this world asks for (what `edit` wrote, read back), or None when
+  the text is not one. A story's wrapping ("Now, ... .") is accepted. Returns {"kind", "ref"
+  (the object named: {"extreme", "size", "color", "shape"}, None for add), "color" (recolor),
+  "direction" (move), "new" (add: {"size", "color", "shape"})}."""
+  words = text.strip().rstrip(".").strip()
+  for connective in STORY_CONNECTIVES:
+    if words.startswith(connective + ", "):
+      words = words[len(connective) + 2:]
+      break
+  words = words.split()
+
+  def ref(tokens):
+    tokens = list(tokens)
+    out = {"extreme": None, "size": None}
+    if tokens and tokens[0] in _EXTREMES:
+      out["extreme"] = tokens.pop(0)
+    if tokens and tokens[0] in SIZES:
+      out["size"] = tokens.pop(0)
+    if len(tokens) == 2 and tokens[0] in COLORS and tokens[1] in SHAPES:
+      return dict(out, color=tokens[0], shape=tokens[1])
+    return None
+
+  n = len(words)
+  if n == 5 and words[0] in ("add", "draw", "insert") and words[1] in ("a", "an") and (
+      words[2] in SIZES and words[3] in COLORS and words[4] in SHAPES):
+    return {"kind": "add", "ref": None,
+            "new": {"size": words[2], "color": words[3], "shape": words[4]}}
+  for verb in (["remove"], ["delete"], ["take", "away"]):
+    k = len(verb)
+    if words[:k] == verb and words[k:k + 1] == ["the"] and (r := ref(words[k + 1:])):
+      return {"kind": "remove", "ref": r}
+  if n >= 4 and words[0] in ("make", "paint") and words[1] == "the" and words[-1] in COLORS and (
+      r := ref(words[2:-1])):
+    return {"kind": "recolor", "ref": r, "color": words[-1]}
+  if (words[:5] == ["change", "the", "color", "of", "the"] and n >= 9
+      and words[-2] == "to" and words[-1] in COLORS and (r := ref(words[5:-2]))):
+    return {"kind": "recolor", "ref": r, "color": words[-1]}
+  if words[:2] == ["move", "the"]:
+    for phrase, direction in _DIRECTIONS.items():
+      tail = phrase.split()
+      if words[-len(tail):] == tail and (r := ref(words[2:-len(tail)])):
+        return {"kind": "move", "ref": r, "direction": direction}
+  return None
+
+
+def apply_instruction(objects: list, instruction: dict) -> list | None:
+  """`objects` (Obj or the judge's detections: shape, color, size, x, y) after a read
+  instruction, or None when its referring expression names no single object of them (as
+  `referring_expression` names one). Positions are not tracked: a moved object stays where it
+  was, an added one has none (x = y = None), so compare the result by kind."""
+  objects = list(objects)
+  if instruction["kind"] == "add":
+    new = instruction["new"]
+    return objects + [dataclasses.replace(Obj(new["shape"], new["color"], new["size"], 0.0, 0.0),
+                                          x=None, y=None)]
+  r = instruction["ref"]
+  same = [i for i, o in enumerate(objects) if (o.color, o.shape) == (r["color"], r["shape"])
+          and (r["size"] is None or o.size == r["size"])]
+  if r["extreme"] is not None:
+    key = _EXTREMES[r["extreme"]]
+    same = [i for i in same if all(key(objects[j]) - key(objects[i]) > RELATION_MARGIN
+                                   for j in same if j != i)]
+  if len(same) != 1:
+    return None
+  i = same[0]
+  if instruction["kind"] == "remove":
+    return objects[:i] + objects[i + 1:]
+  if instruction["kind"] == "recolor":
+    objects[i] = dataclasses.replace(objects[i], color=instruction["color"])
+  return objects
 
 
 # ---------------------------------------------------------------------------------------------
@@ -690,8 +775,9 @@ def make_document(seed: int, index: int, task: str, size: int = 64) -> Document:
     segments = [_image(scene, "user"), Segment.of_text(instruction, "user"),
                 _image(edited, "assistant")]
     return Document(doc_id, "edit", segments, meta).validate()
-  # interleaved: an edit story
-  story = edit_story(rng, steps=3, size=size)
+  # interleaved: an edit story of three edits; story: of one (two pictures, the length a tiny
+  # model's context holds with each picture written and read)
+  story = edit_story(rng, steps=3 if task == "interleaved" else 1, size=size)
   segments = []
   for text, scene in story:
     segments += [Segment.of_text(text), _image(scene)]
