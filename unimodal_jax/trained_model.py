@@ -186,10 +186,9 @@ class TrainedModel:
     and images as PNG bytes) and why it stopped."""
     from unimodal_jax import sampling
     prompts = self._texts(prompts, "prompt")
-    for i, p in enumerate(prompts):
-      n = len(self.sp.encode(p)) + 1
-      if n >= self.context:
-        raise ValueError(f"prompt {i} takes {n} tokens: the model's context is {self.context}")
+    # BOS and the prompt, and at least one token written
+    self._check_length([([self.formatter.vocab.bos_id] + self.sp.encode(p), None)
+                        for p in prompts], 1, "prompt")
     return sampling.generate_document(
         self.model, self.params, self.formatter, self._drawer(), prompts, seed=seed,
         max_images=max_images, max_new_tokens=max_new_tokens, temperature=temperature, log=log)
